@@ -1,0 +1,24 @@
+# ferbench: facial-expression-recognition benchmark workflow.
+# Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/faces.smk"
+include: "workflow/rules/folds.smk"
+include: "workflow/rules/augment.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        report_outputs(),

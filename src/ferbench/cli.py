@@ -1,0 +1,109 @@
+"""The `ferbench` command line.
+
+    ferbench manifest ADAPTER ROOT [-o FILE]   read a dataset in its native layout, print counts
+    ferbench models                            list the model registry (input size, parameters)
+    ferbench dvc-yaml [--config FILE]          regenerate dvc.yaml from the Snakemake study
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _manifest(args) -> int:
+    from ferbench.data import adapters
+    from ferbench.data import manifest as manifest_mod
+
+    options = json.loads(args.options) if args.options else {}
+    result = adapters.load(args.adapter, Path(args.root), **options)
+    counts = manifest_mod.counts(result.manifest)
+    if args.output:
+        manifest_mod.write(result.manifest, args.output)
+        print(f"wrote {args.output}")
+    print(f"images: {counts['images']}  subjects: {counts['subjects']}  "
+          f"sequences: {counts['sequences']}  quarantined: {len(result.quarantine)}")
+    _print_counts("per class", counts["per_class"])
+    _print_counts("per source split", counts["per_split"])
+    if len(result.quarantine):
+        for reason, n in result.quarantine["reason"].value_counts().sort_index().items():
+            print(f"  quarantined ({reason}): {n}")
+    return 0
+
+
+def _print_counts(title: str, counts: dict) -> None:
+    print(f"{title}:")
+    for key, value in counts.items():
+        print(f"  {key:<12} {value:>7}")
+
+
+def _models(args) -> int:
+    import torch
+
+    from ferbench.models import REGISTRY, parameter_count
+
+    print(f"{'model':<14} {'input':>9} {'params':>11}  paper")
+    for name, spec in REGISTRY.items():
+        model = spec.build(args.classes, spec.hyperparameters())
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 1, spec.input_size, spec.input_size))
+        size = f"1x{spec.input_size}x{spec.input_size}"
+        print(f"{name:<14} {size:>9} {parameter_count(model):>11,}  {spec.paper}"
+              f"  -> {tuple(out.shape)}")
+    return 0
+
+
+def _dvc_yaml(args) -> int:
+    from ferbench import config as config_mod
+    from ferbench import dvcgen
+
+    config = config_mod.load(args.config)
+    text = dvcgen.render(config, args.config)
+    if args.check:
+        current = Path(args.output).read_text() if Path(args.output).exists() else ""
+        if current != text:
+            print(f"{args.output} is out of date: run `ferbench dvc-yaml`", file=sys.stderr)
+            return 1
+        return 0
+    Path(args.output).write_text(text)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("manifest", help="read a dataset in its native layout and print counts")
+    p.add_argument("adapter", help="dataset adapter (e.g. folder, csv, synthetic)")
+    p.add_argument("root", help="the dataset's root folder, as its owners ship it")
+    p.add_argument("-o", "--output", help="write the manifest CSV here")
+    p.add_argument("--options", help="adapter options as JSON, e.g. '{\"pattern\": \"...\"}'")
+    p.set_defaults(func=_manifest)
+
+    p = sub.add_parser("models", help="list registered models with input size and parameters")
+    p.add_argument("--classes", type=int, default=7)
+    p.set_defaults(func=_models)
+
+    p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the study config")
+    p.add_argument("--config", default="config/config.yaml")
+    p.add_argument("-o", "--output", default="dvc.yaml")
+    p.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    p.set_defaults(func=_dvc_yaml)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"ferbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Study configuration: schema validation with defaults, and cross-reference checks.
+
+The schema lives in `workflow/schemas/config.schema.yaml` (the Snakemake convention); this
+module is the one place that reads it, so the CLI, the Snakefile and the tests agree.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration that the workflow must refuse before running anything."""
+
+
+def _with_defaults(validator_class):
+    """Extend a jsonschema validator so that `default:` values are filled in while validating."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def validate(config: dict, schema: dict | None = None) -> dict:
+    """Return a copy of `config` with defaults filled in, or raise ConfigError naming the bad key."""
+    config = copy.deepcopy(config)
+    validator = _Validator(schema or load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        raise ConfigError(f"config key '{_key_path(err)}': {err.message}")
+    _check_references(config)
+    return config
+
+
+def _check_references(config: dict) -> None:
+    """Studies must name datasets, protocols and models that exist."""
+    from ferbench.models import REGISTRY
+
+    for i, study in enumerate(config["studies"]):
+        if study["dataset"] not in config["datasets"]:
+            raise ConfigError(
+                f"config key 'studies.{i}.dataset': unknown dataset '{study['dataset']}' "
+                f"(defined: {', '.join(config['datasets'])})"
+            )
+        if study["protocol"] not in config["protocols"]:
+            raise ConfigError(
+                f"config key 'studies.{i}.protocol': unknown protocol '{study['protocol']}' "
+                f"(defined: {', '.join(config['protocols'])})"
+            )
+        for j, model in enumerate(study["models"]):
+            if model not in REGISTRY:
+                raise ConfigError(
+                    f"config key 'studies.{i}.models.{j}': unknown model '{model}' "
+                    f"(registered: {', '.join(REGISTRY)})"
+                )
+    for name in config["models"]:
+        if name not in REGISTRY:
+            raise ConfigError(
+                f"config key 'models.{name}': unknown model (registered: {', '.join(REGISTRY)})"
+            )
+
+
+def load(path: str | Path) -> dict:
+    """Read and validate a YAML config file."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return validate(raw)

@@ -1,0 +1,1 @@
+"""Dataset ingest: native layouts -> one manifest table (see ferbench.data.manifest)."""

@@ -1,0 +1,108 @@
+"""Generate `dvc.yaml` from the study config and the path templates of `ferbench.paths`.
+
+There is one DAG: Snakemake's. Each DVC stage delegates to Snakemake for its targets, and
+its deps/outs/params are computed from the same templates the rules use, so the two cannot
+drift (`ferbench dvc-yaml --check` and the test suite prove the committed file is current).
+`--rerun-triggers input params` keeps Snakemake from rebuilding upstream stages just because
+DVC restored their files with new modification times.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from ferbench import paths
+
+CODE = {
+    "fetch": ["src/ferbench/data", "workflow/scripts/fetch.py"],
+    "ingest": ["src/ferbench/data", "workflow/scripts/ingest.py"],
+    "faces": ["src/ferbench/faces.py", "workflow/scripts/faces.py"],
+    "folds": ["src/ferbench/splits.py", "workflow/scripts/folds.py"],
+    "augment": ["src/ferbench/augment.py", "workflow/scripts/augment.py"],
+    "train": ["src/ferbench/train.py", "src/ferbench/models", "workflow/scripts/train.py"],
+    "evaluate": ["src/ferbench/evaluate.py", "workflow/scripts/evaluate.py",
+                 "workflow/scripts/summarize.py"],
+    "report": ["src/ferbench/report.py", "workflow/scripts/report.py"],
+}
+SHARED_CODE = ["src/ferbench/jobs.py", "Snakefile", "workflow/rules"]
+
+
+def _stage(rule: str, config_file: str, targets: list[str], deps: list[str], params: list[str],
+           metrics: list[str] = ()) -> dict:
+    cmd = (f"snakemake --configfile {config_file} --rerun-triggers input params -- "
+           + " ".join(targets))
+    stage = {"cmd": cmd, "deps": sorted(set(deps + CODE[rule] + SHARED_CODE))}
+    if params:
+        stage["params"] = [{config_file: list(params)}]
+    stage["outs"] = [t for t in targets if t not in metrics]
+    if metrics:
+        stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+    return stage
+
+
+def stages(config: dict, config_file: str) -> dict:
+    """Ordered mapping of stage name -> DVC stage for every study in the config."""
+    fill = lambda template, **w: paths.fill(template, config, **w)  # noqa: E731
+    out = {}
+    for dataset in paths.study_datasets(config):
+        block = config["datasets"][dataset]
+        ds = [f"datasets.{dataset}"]
+        raw = []
+        if block["source"] != "path":
+            raw = [fill(paths.RAW, dataset=dataset)]
+            out[f"fetch_{dataset}"] = _stage("fetch", config_file, raw, [], ds + ["seed"])
+        manifest = fill(paths.MANIFEST, dataset=dataset)
+        out[f"ingest_{dataset}"] = _stage(
+            "ingest", config_file, [manifest, fill(paths.INGEST_QUARANTINE, dataset=dataset)],
+            raw, ds)
+        faces = [fill(t, dataset=dataset) for t in
+                 (paths.FACES_ARRAY, paths.FACES_TABLE, paths.FACES_SAMPLES, paths.DETECTION)]
+        out[f"faces_{dataset}"] = _stage("faces", config_file, faces, raw + [manifest], ds)
+    for study_key, (dataset, protocol) in _protocols(config).items():
+        w = {"dataset": dataset, "protocol": protocol}
+        n_folds = config["protocols"][protocol]["folds"]
+        folds = fill(paths.FOLDS, **w)
+        out[f"folds_{study_key}"] = _stage(
+            "folds", config_file, [folds], [fill(paths.FACES_TABLE, dataset=dataset)],
+            [f"protocols.{protocol}", "seed"])
+        augmented = [fill(t, fold=k, **w) for k in range(n_folds)
+                     for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)]
+        out[f"augment_{study_key}"] = _stage(
+            "augment", config_file, augmented, [fill(paths.FACES_ARRAY, dataset=dataset), folds],
+            ["augment", "seed"])
+        for study in paths.studies(config):
+            if (study.dataset, study.protocol) != (dataset, protocol):
+                continue
+            m = {**w, "model": study.model}
+            trained = [fill(t, fold=k, **m) for k in range(n_folds)
+                       for t in (paths.MODEL, paths.HISTORY, paths.RUN_INFO)]
+            out[f"train_{study_key}_{study.model}"] = _stage(
+                "train", config_file, trained,
+                [fill(paths.FACES_ARRAY, dataset=dataset), folds] + augmented,
+                [f"models.{study.model}", "seed", "device", "train_threads"]
+                if study.model in config["models"] else ["seed", "device", "train_threads"])
+            evaluated = [fill(t, fold=k, **m) for k in range(n_folds)
+                         for t in (paths.METRICS, paths.PREDICTIONS)]
+            out[f"evaluate_{study_key}_{study.model}"] = _stage(
+                "evaluate", config_file, evaluated + [fill(paths.SUMMARY, **m)],
+                [fill(paths.FACES_ARRAY, dataset=dataset), folds] + trained, [])
+    report_deps = paths.summaries(config) + [
+        fill(t, dataset=d) for d in paths.study_datasets(config)
+        for t in (paths.DETECTION, paths.FACES_SAMPLES)]
+    metrics = fill(paths.STUDY_METRICS)
+    out["report"] = _stage("report", config_file, [fill(paths.REPORT), metrics], report_deps,
+                           ["report"], metrics=[metrics])
+    return out
+
+
+def _protocols(config: dict) -> dict:
+    """(dataset, protocol) pairs in study order, keyed by a stage-name-safe string."""
+    pairs = dict.fromkeys((s.dataset, s.protocol) for s in paths.studies(config))
+    return {f"{d}_{p}": (d, p) for d, p in pairs}
+
+
+def render(config: dict, config_file: str) -> str:
+    header = ("# Generated by `ferbench dvc-yaml` from the Snakemake study config; do not edit.\n"
+              "# Each stage delegates to Snakemake, so the DAG has one source of truth.\n")
+    return header + yaml.safe_dump({"stages": stages(config, config_file)}, sort_keys=False,
+                                   width=100)

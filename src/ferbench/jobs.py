@@ -1,0 +1,316 @@
+"""One function per workflow rule: plain paths and dicts in, files out.
+
+`workflow/scripts/*.py` only unpack the `snakemake` object and call these, so every stage
+can also be run and tested from Python without Snakemake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ferbench import augment as augment_mod
+from ferbench import evaluate, faces, models, splits, tracking
+from ferbench import train as train_mod
+from ferbench.data import manifest as manifest_mod
+from ferbench.data.manifest import CANONICAL_LABELS
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def write_json(path, data) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+# -- 1. fetch / ingest -----------------------------------------------------------------------
+
+def fetch(dataset: dict, raw_dir, seed: int, progress: bool = True) -> None:
+    """Materialise a dataset's raw files: generate the synthetic one, or download + extract."""
+    raw_dir = Path(raw_dir)
+    if dataset["source"] == "generate":
+        from ferbench.data import synthetic
+
+        options = dict(dataset["generate"])
+        options["frame_size"] = tuple(options["frame_size"])
+        table = synthetic.generate(raw_dir, seed=seed, progress=progress, **options)
+        table.to_csv(raw_dir / "manifest.csv", index=False, lineterminator="\n")
+    elif dataset["source"] == "url":
+        from ferbench.data import download
+
+        archive = raw_dir.parent / "download" / Path(dataset["url"]).name
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        download.fetch(dataset["url"], archive, dataset["sha256"], progress=progress)
+        download.extract(archive, raw_dir)
+    else:
+        raise ValueError(f"source {dataset['source']!r} has nothing to fetch")
+
+
+def dataset_root(dataset: dict, raw_dir) -> Path:
+    """Where a dataset's native layout lives: the user's copy, or what fetch wrote."""
+    return Path(dataset["path"]) if dataset["source"] == "path" else Path(raw_dir)
+
+
+def ingest(dataset: dict, root, manifest_path, quarantine_path) -> dict:
+    """Read the native layout through its adapter; write manifest and quarantine tables."""
+    from ferbench.data import adapters
+
+    options = dict(dataset.get("adapter_options", {}))
+    if dataset.get("obtain"):
+        options["obtain"] = dataset["obtain"]
+    result = adapters.load(dataset["adapter"], Path(root), **options)
+    manifest_mod.write(result.manifest, manifest_path)
+    result.quarantine.to_csv(quarantine_path, index=False, lineterminator="\n")
+    return manifest_mod.counts(result.manifest)
+
+
+# -- 2. faces --------------------------------------------------------------------------------
+
+def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: bool = True) -> dict:
+    """Face stage over one dataset; `out` maps array/table/stats/samples to paths."""
+    options = faces.FaceOptions.from_config(dataset["faces"])
+    table = manifest_mod.read(manifest_path)
+    array, face_table, stats = faces.extract_faces(table, Path(root), options, progress)
+    faces.write_outputs(array, face_table, stats, out["array"], out["table"], out["stats"],
+                        out["samples"], name)
+    return stats
+
+
+# -- 3. folds / 4. augment -------------------------------------------------------------------
+
+def make_folds(faces_table, protocol: dict, seed: int, out_path) -> pd.DataFrame:
+    table = pd.read_csv(faces_table, dtype={"subject": str, "sequence": str},
+                        keep_default_na=False, na_values={"face_index": []})
+    folds = splits.make_folds(table, protocol, seed)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    folds.to_csv(out_path, index=False, lineterminator="\n")
+    return folds
+
+
+def read_folds(path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"subject": str, "sequence": str, "label": str},
+                       keep_default_na=False)
+
+
+def augment_fold(faces_array, folds_path, fold: int, options: dict, seed: int, out_array,
+                 out_table) -> None:
+    array, table = augment_mod.augment_fold(np.load(faces_array), read_folds(folds_path), fold,
+                                            augment_mod.AugmentOptions.from_config(options), seed)
+    Path(out_array).parent.mkdir(parents=True, exist_ok=True)
+    np.save(out_array, array)
+    table.to_csv(out_table, index=False, lineterminator="\n")
+
+
+# -- 5. train --------------------------------------------------------------------------------
+
+def protocol_labels(folds: pd.DataFrame) -> list[str]:
+    """Class names of a split table in canonical order (absent classes get no output unit)."""
+    present = set(folds["label"])
+    return [label for label in CANONICAL_LABELS if label in present]
+
+
+def _role_split(faces_array: np.ndarray, folds: pd.DataFrame, fold: int, role: str, labels,
+                input_size: int) -> tuple[train_mod.Split, pd.DataFrame]:
+    part = folds[(folds["fold"] == fold) & (folds["role"] == role)]
+    index = train_mod.class_index(labels)
+    split = train_mod.Split.from_arrays(faces_array[part["uid"].to_numpy()],
+                                        part["label"].map(index).to_numpy(), input_size)
+    return split, part
+
+
+def study_tags(study: dict) -> dict:
+    key = f"{study['dataset']}/{study['protocol']}/{study['model']}"
+    return {"dataset": study["dataset"], "protocol": study["protocol"], "model": study["model"],
+            tracking.STUDY_TAG: key}
+
+
+def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1,
+               progress: bool = True) -> dict:
+    """Train one fold of one study, logging every epoch to MLflow; resumes after a kill.
+
+    `study` holds dataset/protocol/model; `paths` holds faces, folds, augment (inputs),
+    model, history, run (outputs) and checkpoint.
+    """
+    seed = config["seed"]
+    train_mod.make_deterministic(seed, threads)
+    device = train_mod.select_device(config["device"])
+    spec = models.get(study["model"])
+    hp = spec.hyperparameters(config["models"].get(study["model"]))
+    folds = read_folds(paths["folds"])
+    labels = protocol_labels(folds)
+    index = train_mod.class_index(labels)
+    augmented = pd.read_csv(paths["augment_table"], dtype={"subject": str}, keep_default_na=False)
+    train_split = train_mod.Split.from_arrays(np.load(paths["augment_array"]),
+                                              augmented["label"].map(index).to_numpy(),
+                                              spec.input_size)
+    faces_array = np.load(paths["faces"])
+    val_split, _ = _role_split(faces_array, folds, fold, "val", labels, spec.input_size)
+
+    tracker = _tracker(config)
+    checkpoint = Path(paths["checkpoint"])
+    fingerprint = hashlib.sha256(json.dumps(
+        [hp, seed, labels, threads, device.type,
+         *(file_sha256(paths[k]) for k in ("faces", "folds", "augment_array", "augment_table"))],
+        sort_keys=True).encode()).hexdigest()
+    resumed = train_mod.load_checkpoint(checkpoint, fingerprint, torch.device("cpu"))
+    extra = resumed["state"]["extra"] if resumed else {}
+    if resumed is None:
+        params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
+                  "model": study["model"], "fold": fold, "seed": seed, "device": device.type,
+                  "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
+                  "n_val": len(val_split), "git_commit": tracking.git_commit(),
+                  "config_hash": config_hash(config),
+                  "faces_sha256": file_sha256(paths["faces"])[:16],
+                  "folds_sha256": file_sha256(paths["folds"])[:16]}
+        tags = {**study_tags(study), "fold": fold, tracking.ROLE_TAG: "fold"}
+        extra["run_id"] = tracker.start_run(f"{study['model']}-fold{fold}", tags, params)
+
+    def log_epoch(row, state_extra):
+        metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
+        tracker.log_metrics(state_extra["run_id"], metrics, step=row["epoch"])
+
+    model = spec.build(len(labels), hp)
+    history, best_state, best_epoch, extra = train_mod.fit(
+        model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress, extra,
+        fingerprint)
+    Path(paths["model"]).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": study["model"], "labels": labels, "hyperparameters": hp,
+                "input_size": spec.input_size, "state_dict": best_state,
+                "best_epoch": best_epoch}, paths["model"])
+    history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
+    info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
+            "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
+    write_json(paths["run"], info)
+    checkpoint.unlink(missing_ok=True)  # only unfinished jobs keep one
+    return info
+
+
+def _tracker(config: dict) -> tracking.Tracker:
+    uri = tracking.resolve_uri(config["mlflow"]["tracking_uri"], config["results"])
+    return tracking.Tracker(uri, config["mlflow"]["experiment"], config["results"])
+
+
+def load_model(path, device: torch.device | None = None):
+    """A trained model and its labels from a `model.pt` written by train_fold."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    model = models.get(saved["model"]).build(len(saved["labels"]), saved["hyperparameters"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device or torch.device("cpu")).eval(), saved
+
+
+# -- 6. evaluate -----------------------------------------------------------------------------
+
+def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
+    """Test-set metrics of one fold; closes the fold's MLflow run with metrics and artifacts."""
+    torch.set_num_threads(max(1, threads))
+    device = train_mod.select_device(config["device"])
+    model, saved = load_model(paths["model"], device)
+    folds = read_folds(paths["folds"])
+    test_split, test_rows = _role_split(np.load(paths["faces"]), folds, fold, "test",
+                                        saved["labels"], saved["input_size"])
+    probs = train_mod.predict(model, test_split, device)
+    predicted = probs.argmax(1).numpy() if len(probs) else np.zeros(0, int)
+    metrics = evaluate.classification_metrics(test_split.targets.numpy(), predicted,
+                                              saved["labels"])
+    info = read_json(paths["run"])
+    metrics.update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
+                   n_train=info["n_train"], n_val=info["n_val"], n_test=len(test_split),
+                   fold=fold, **{k: study[k] for k in ("dataset", "protocol", "model")},
+                   run_id=info["run_id"])
+    write_json(paths["metrics"], metrics)
+    out = test_rows[["uid", "subject", "label"]].reset_index(drop=True)
+    out["predicted"] = [saved["labels"][i] for i in predicted]
+    for i, label in enumerate(saved["labels"]):
+        out[f"p_{label}"] = probs[:, i].numpy().round(6) if len(probs) else []
+    out.to_csv(paths["predictions"], index=False, lineterminator="\n")
+
+    tracker = _tracker(config)
+    run_id = info["run_id"]
+    tracker.log_metrics(run_id, {"test_accuracy": metrics["accuracy"],
+                                 "test_macro_f1": metrics["macro_f1"],
+                                 **{f"test_f1_{k}": v["f1"]
+                                    for k, v in metrics["per_class"].items()}})
+    for key in ("metrics", "predictions", "history", "model"):
+        tracker.log_artifact(run_id, paths[key], "model" if key == "model" else None)
+    tracker.finish(run_id)
+    return metrics
+
+
+# -- 7. summarise ----------------------------------------------------------------------------
+
+def summarize(study: dict, protocol: dict, metrics_paths: list, out_path, config: dict) -> dict:
+    """Mean +- std over folds; a parent MLflow run that the fold runs are nested under."""
+    folds = [read_json(p) for p in metrics_paths]
+    acc_mean, acc_std = evaluate.mean_std([m["accuracy"] for m in folds])
+    f1_mean, f1_std = evaluate.mean_std([m["macro_f1"] for m in folds])
+    description, independent = splits.describe(protocol)
+    out_dir = Path(out_path).parent
+    summary = {
+        **{k: study[k] for k in ("dataset", "protocol", "model")},
+        "protocol_description": description,
+        "subject_independent": independent,
+        "labels": folds[0]["labels"],
+        "accuracy_mean": acc_mean, "accuracy_std": acc_std,
+        "macro_f1_mean": f1_mean, "macro_f1_std": f1_std,
+        "folds": [{"fold": m["fold"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                   "metrics": str(Path(p).relative_to(out_dir)),
+                   "history": str((Path(p).parent / "history.csv").relative_to(out_dir)),
+                   "n_train": m["n_train"], "n_val": m["n_val"], "n_test": m["n_test"],
+                   "best_epoch": m["best_epoch"]}
+                  for m, p in zip(folds, metrics_paths)],
+        "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
+    }
+    tracker = _tracker(config)
+    parent = tracker.start_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",
+                               {**study_tags(study), tracking.ROLE_TAG: "parent"},
+                               {"folds": len(folds), "protocol_description": description,
+                                "subject_independent": independent,
+                                "config_hash": config_hash(config)})
+    tracker.log_metrics(parent, {"accuracy_mean": acc_mean, "accuracy_std": acc_std,
+                                 "macro_f1_mean": f1_mean, "macro_f1_std": f1_std})
+    for m in folds:
+        tracker.set_tag(m["run_id"], tracking.PARENT_TAG, parent)
+    summary["mlflow_run_id"] = parent
+    write_json(out_path, summary)
+    tracker.log_artifact(parent, out_path)
+    tracker.finish(parent)
+    return summary
+
+
+# -- 8. report -------------------------------------------------------------------------------
+
+def report(summaries: list, detections: list, benchmark_dir, samples: list, out_html,
+           out_metrics, title: str) -> None:
+    """The HTML report, plus a flat metrics file for `dvc metrics show`."""
+    from ferbench import report as report_mod
+
+    benchmarks = sorted(Path(benchmark_dir).glob("*/*.tsv"))
+    report_mod.build_report([Path(p) for p in summaries], [Path(p) for p in detections],
+                            benchmarks, Path(out_html), title=title,
+                            samples=[Path(p) for p in samples])
+    flat = {}
+    for path in summaries:
+        s = read_json(path)
+        flat[f"{s['dataset']}/{s['protocol']}/{s['model']}"] = {
+            k: round(s[k], 6) for k in ("accuracy_mean", "accuracy_std", "macro_f1_mean",
+                                        "macro_f1_std")}
+    write_json(out_metrics, flat)

@@ -1,0 +1,47 @@
+"""Deep-Emotion (Minaee & Abdolrashidi 2019), the baseline DeepFER compares with.
+
+Four 3x3 conv layers (conv-conv-pool-ReLU twice), dropout, two FC layers, and a spatial
+transformer that warps the 48x48 input first. Loss: cross-entropy + lambda * L2 of the FC
+weights, the same regulariser DeepFER keeps (DeepFER Eq. 1).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ferbench.models.losses import cross_entropy_fc_l2
+from ferbench.models.stn import SpatialTransformer
+
+DEFAULTS = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "epochs": 40,
+    "patience": 10,
+    "dropout": 0.5,
+    "l2_lambda": 1e-3,
+}
+
+
+class DeepEmotion(nn.Module):
+    input_size = 48
+
+    def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-3, **_):
+        super().__init__()
+        self.l2_lambda = l2_lambda
+        self.stn = SpatialTransformer(1, self.input_size)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 10, 3), nn.Conv2d(10, 10, 3), nn.MaxPool2d(2), nn.ReLU(True),
+            nn.Conv2d(10, 10, 3), nn.Conv2d(10, 10, 3), nn.MaxPool2d(2), nn.ReLU(True),
+            nn.Dropout(dropout),
+        )
+        self.fc1 = nn.Linear(10 * 9 * 9, 50)
+        self.fc2 = nn.Linear(50, num_classes)
+
+    def forward(self, x):
+        h = self.features(self.stn(x)).flatten(1)
+        return self.fc2(nn.functional.relu(self.fc1(h)))
+
+    def loss(self, logits, targets):
+        return cross_entropy_fc_l2(logits, targets, (self.fc1, self.fc2), self.l2_lambda)

@@ -1,0 +1,71 @@
+"""DeepFER (Mohsin, Rafi & Navil), read beside `papers/deepfer-attentional-cnn.txt`.
+
+Feature extraction part (Fig. 1): seven 3x3 conv layers; every two of the first six are
+followed by max-pooling and ReLU, the seventh by ReLU only; then dropout and four fully
+connected layers. Attention part: a spatial transformer regresses an affine theta
+(initialised to identity) and warps the input on the sampling grid tau(theta) before the
+feature path. Loss (Eq. 1): L_overall = L_classifier + lambda * ||w(fc)||_2^2 over the
+weights of the four FC layers; Adam; trained from scratch.
+
+The paper gives no channel widths; ours double per block (32-64-128, then 256) and `width`
+scales them all, so the demo can run a narrower network on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ferbench.models.losses import cross_entropy_fc_l2
+from ferbench.models.stn import SpatialTransformer
+
+DEFAULTS = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "batch_size": 64,
+    "epochs": 40,
+    "patience": 10,
+    "dropout": 0.5,
+    "l2_lambda": 1e-4,
+    "width": 1.0,
+}
+
+
+def _conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel_size=3, padding=1)
+
+
+class DeepFER(nn.Module):
+    input_size = 48
+
+    def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-4,
+                 width: float = 1.0, **_):
+        super().__init__()
+        self.l2_lambda = l2_lambda
+        c1, c2, c3, c4 = (max(4, int(round(c * width))) for c in (32, 64, 128, 256))
+        self.stn = SpatialTransformer(1, self.input_size)
+        self.features = nn.Sequential(
+            _conv(1, c1), _conv(c1, c1), nn.MaxPool2d(2), nn.ReLU(True),     # 48 -> 24
+            _conv(c1, c2), _conv(c2, c2), nn.MaxPool2d(2), nn.ReLU(True),    # 24 -> 12
+            _conv(c2, c3), _conv(c3, c3), nn.MaxPool2d(2), nn.ReLU(True),    # 12 -> 6
+            _conv(c3, c4), nn.ReLU(True),                                    # seventh conv
+            nn.Dropout(dropout),
+        )
+        self.fc = nn.ModuleList([
+            nn.Linear(c4 * 6 * 6, 256), nn.Linear(256, 128), nn.Linear(128, 64),
+            nn.Linear(64, num_classes),
+        ])
+
+    def warp(self, x: torch.Tensor) -> torch.Tensor:
+        """The STN's output: what the feature path actually sees (for attention figures)."""
+        return self.stn(x)
+
+    def forward(self, x):
+        h = self.features(self.warp(x)).flatten(1)
+        for layer in self.fc[:-1]:
+            h = torch.relu(layer(h))
+        return self.fc[-1](h)
+
+    def loss(self, logits, targets):
+        return cross_entropy_fc_l2(logits, targets, self.fc, self.l2_lambda)

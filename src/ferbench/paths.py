@@ -1,0 +1,82 @@
+"""Every artifact path of a study, in one place.
+
+The Snakefile's rules and the generated `dvc.yaml` both take their file names from these
+templates, so the two views of the DAG cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Dataset level: results/<dataset>/...
+RAW = "{results}/{dataset}/raw"
+MANIFEST = "{results}/{dataset}/manifest.csv"
+INGEST_QUARANTINE = "{results}/{dataset}/quarantine.csv"
+FACES_ARRAY = "{results}/{dataset}/faces/faces.npy"
+FACES_TABLE = "{results}/{dataset}/faces/faces.csv"
+FACES_SAMPLES = "{results}/{dataset}/faces/samples.png"
+DETECTION = "{results}/{dataset}/detection.json"
+
+# Protocol level: results/<dataset>/<protocol>/...
+FOLDS = "{results}/{dataset}/{protocol}/folds.csv"
+AUGMENT_ARRAY = "{results}/{dataset}/{protocol}/augment/fold{fold}.npy"
+AUGMENT_TABLE = "{results}/{dataset}/{protocol}/augment/fold{fold}.csv"
+
+# Model level: results/<dataset>/<protocol>/<model>/...
+FOLD_DIR = "{results}/{dataset}/{protocol}/{model}/fold{fold}"
+MODEL = FOLD_DIR + "/model.pt"
+HISTORY = FOLD_DIR + "/history.csv"
+RUN_INFO = FOLD_DIR + "/run.json"
+CHECKPOINT = FOLD_DIR + "/checkpoint.pt"
+METRICS = FOLD_DIR + "/metrics.json"
+PREDICTIONS = FOLD_DIR + "/predictions.csv"
+SUMMARY = "{results}/{dataset}/{protocol}/{model}/summary.json"
+
+# Study level.
+REPORT = "{results}/report.html"
+STUDY_METRICS = "{results}/metrics.json"
+LOG = "{results}/logs/{rule}/{name}.log"
+BENCHMARK = "{results}/benchmarks/{rule}/{name}.tsv"
+BENCHMARK_DIR = "{results}/benchmarks"
+
+
+@dataclass(frozen=True)
+class Study:
+    """One (dataset, protocol, model) cell of the results table."""
+
+    dataset: str
+    protocol: str
+    model: str
+    folds: int
+
+
+def studies(config: dict) -> list[Study]:
+    """Expand the config's `studies:` entries into one Study per model, in config order."""
+    out = []
+    for entry in config["studies"]:
+        n_folds = config["protocols"][entry["protocol"]]["folds"]
+        for model in entry["models"]:
+            out.append(Study(entry["dataset"], entry["protocol"], model, n_folds))
+    return out
+
+
+def fill(template: str, config: dict, **wildcards) -> str:
+    """A concrete path from a template (wildcards left out stay as `{name}` for Snakemake)."""
+
+    class Keep(dict):
+        def __missing__(self, key):
+            return "{" + key + "}"
+
+    return template.format_map(Keep(results=config["results"], **wildcards))
+
+
+def summaries(config: dict) -> list[str]:
+    return [
+        fill(SUMMARY, config, dataset=s.dataset, protocol=s.protocol, model=s.model)
+        for s in studies(config)
+    ]
+
+
+def study_datasets(config: dict) -> list[str]:
+    """Datasets used by at least one study, in first-use order."""
+    return list(dict.fromkeys(s.dataset for s in studies(config)))

@@ -1,0 +1,188 @@
+"""Training: one (dataset, protocol, model, fold) job.
+
+Determinism and resumability come from the same design: every epoch re-seeds its own RNGs
+from (seed, epoch), and a checkpoint is written atomically at the end of every epoch. A job
+killed mid-epoch restarts that epoch from the last checkpoint and ends with the same weights
+and metrics as an uninterrupted run (on CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from ferbench.models import ModelSpec
+
+
+def select_device(preference: str = "auto") -> torch.device:
+    """CUDA when present (or asked for), else CPU."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("config asks for device 'cuda' but no CUDA device is available")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def make_deterministic(seed: int, threads: int) -> None:
+    """Fix thread count and algorithms: float reductions depend on both."""
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+
+
+@dataclass
+class Split:
+    """Images (N, 1, S, S) uint8 and integer targets, resized once to the model's input size."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, faces: np.ndarray, targets, input_size: int) -> "Split":
+        if len(faces) and faces.shape[1] != input_size:
+            faces = np.stack([cv2.resize(f, (input_size, input_size), interpolation=cv2.INTER_AREA)
+                              for f in faces])
+        faces = faces.reshape(len(faces), 1, input_size, input_size)
+        return cls(torch.from_numpy(np.ascontiguousarray(faces)),
+                   torch.as_tensor(np.asarray(targets), dtype=torch.long))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def as_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] on the device."""
+    return batch.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
+
+def make_optimizer(model: torch.nn.Module, hp: dict) -> torch.optim.Optimizer:
+    if hp["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    if hp["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp.get("momentum", 0.9),
+                               weight_decay=hp["weight_decay"])
+    raise ValueError(f"unknown optimizer {hp['optimizer']!r}")
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 256):
+    """Class probabilities for a split, in order."""
+    model.eval()
+    chunks = [torch.softmax(model(as_input(split.images[i:i + batch_size], device)), 1).cpu()
+              for i in range(0, len(split), batch_size)]
+    return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+@torch.no_grad()
+def evaluate_loss(model, split: Split, device, batch_size: int = 256) -> tuple[float, float]:
+    """Mean objective and accuracy on a split (the objective includes the model's regulariser)."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        x = as_input(split.images[i:i + batch_size], device)
+        y = split.targets[i:i + batch_size].to(device)
+        logits = model(x)
+        total_loss += float(model.loss(logits, y)) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+    return total_loss / max(1, len(split)), correct / max(1, len(split))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(checkpoint: Path, fingerprint: str, device: torch.device):
+    """The saved training state, or None when absent or written for other inputs/settings."""
+    if not checkpoint.exists():
+        return None
+    saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    return saved if saved["state"].get("fingerprint") == fingerprint else None
+
+
+def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: Path, seed: int,
+        device: torch.device, on_epoch=None, progress: bool = True, extra: dict | None = None,
+        fingerprint: str = ""):
+    """Train with model selection on the validation split only; resumes from `checkpoint`.
+
+    A checkpoint is resumed only if its `fingerprint` (hash of inputs and hyperparameters)
+    matches, so a changed config never continues a stale run. Returns (history DataFrame,
+    best state_dict, best epoch, extra) where `extra` is the caller's bookkeeping dict,
+    persisted in the checkpoint (e.g. the MLflow run id).
+    """
+    model.to(device)
+    optimizer = make_optimizer(model, hp)
+    state = {"epoch": 0, "history": [], "best_state": None, "best_key": None, "best_epoch": 0,
+             "since_best": 0, "extra": dict(extra or {}), "fingerprint": fingerprint}
+    saved = load_checkpoint(checkpoint, fingerprint, device)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+    bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
+               disable=not progress)
+    while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:
+        epoch = state["epoch"] + 1
+        start = time.perf_counter()
+        train_loss, train_acc = _train_epoch(model, optimizer, hp, train, device, seed, epoch)
+        val_loss, val_acc = evaluate_loss(model, val, device)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
+               "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - start, 3)}
+        state["history"].append(row)
+        key = (val_acc, -val_loss)
+        if state["best_key"] is None or key > state["best_key"]:
+            state.update(best_key=key, best_epoch=epoch, since_best=0,
+                         best_state={k: v.detach().cpu().clone()
+                                     for k, v in model.state_dict().items()})
+        else:
+            state["since_best"] += 1
+        state["epoch"] = epoch
+        if on_epoch:  # before the checkpoint: a kill in between re-logs the same values
+            on_epoch(row, state["extra"])
+        _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                      "state": state}, checkpoint)
+        bar.update(1)
+        bar.set_postfix(val_acc=f"{val_acc:.3f}", loss=f"{train_loss:.3f}")
+    bar.close()
+    history = pd.DataFrame(state["history"])
+    return history, state["best_state"], state["best_epoch"], state["extra"]
+
+
+def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: int):
+    """One pass in an order and with dropout masks fixed by (seed, epoch)."""
+    model.train()
+    torch.manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch))
+    total_loss, correct, seen = 0.0, 0, 0
+    batch_size = hp["batch_size"]
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        x = as_input(train.images[idx], device)
+        y = train.targets[idx].to(device)
+        logits = model(x)
+        loss = model.loss(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += float(loss) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+def class_index(labels) -> dict[str, int]:
+    return {label: i for i, label in enumerate(labels)}
+
+
+def build_model(spec: ModelSpec, labels, hp: dict) -> torch.nn.Module:
+    return spec.build(len(labels), hp)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the repository root and a tiny-but-real study config."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def tiny_config(results: Path, **overrides) -> dict:
+    """The default study shrunk to run in well under a minute on one CPU core."""
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["results"] = str(results)
+    config["datasets"]["synthetic"]["generate"] = {
+        "identities": 6, "repetitions": 1, "frames": 4, "frame_size": [240, 180]}
+    config["protocols"]["subject_5fold"].update(folds=3, val_fraction=0.34)
+    config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
+                          "models": ["deep_emotion"]}]
+    config["models"] = {"deep_emotion": {"epochs": 2, "patience": 2, "batch_size": 32}}
+    config["augment"]["copies"] = 1
+    for key, value in overrides.items():
+        config[key] = value
+    return copy.deepcopy(config)
+
+
+@pytest.fixture
+def root() -> Path:
+    return ROOT

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ferbench import train
+from ferbench.models import REGISTRY, get, parameter_count
+from ferbench.models.losses import cross_entropy_fc_l2, fc_l2
+
+
+def test_fc_l2_matches_hand_computation():
+    layer = nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        layer.bias.fill_(5.0)  # biases are not regularised
+    assert fc_l2([layer, layer]).item() == pytest.approx(2 * (1 + 4))
+
+
+def test_cross_entropy_fc_l2_matches_eq1():
+    layer = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    # CE = -log(3/4); lambda * ||w||^2 = 0.1 * 9
+    expected = -math.log(3 / 4) + 0.9
+    assert float(cross_entropy_fc_l2(logits, torch.tensor([1]), [layer], 0.1)) == pytest.approx(
+        expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_models_map_a_batch_to_logits(name):
+    spec = get(name)
+    model = spec.build(7, spec.hyperparameters())
+    out = model(torch.zeros(3, 1, spec.input_size, spec.input_size))
+    assert out.shape == (3, 7)
+    assert parameter_count(model) > 10_000
+
+
+def test_deepfer_has_seven_convs_four_fcs_and_identity_stn():
+    model = get("deepfer").build(7, get("deepfer").hyperparameters())
+    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 7 and len(model.fc) == 4
+    x = torch.rand(2, 1, 48, 48)
+    assert torch.allclose(model.warp(x), x, atol=1e-5)  # theta starts at identity
+
+
+def tiny_split(n=48, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, 3, n)
+    images = (rng.integers(0, 60, (n, 48, 48)) + targets[:, None, None] * 60).astype(np.uint8)
+    return train.Split.from_arrays(images, targets, 48)
+
+
+def run_fit(tmp_path, epochs, name="ckpt.pt"):
+    torch.manual_seed(0)
+    spec = get("deep_emotion")
+    hp = spec.hyperparameters({"epochs": epochs, "patience": 99, "batch_size": 16})
+    model = spec.build(3, hp)
+    return train.fit(model, hp, tiny_split(), tiny_split(24, 1), tmp_path / name, seed=0,
+                     device=torch.device("cpu"), progress=False, fingerprint="f")
+
+
+def test_training_learns_a_separable_toy_task(tmp_path):
+    history, _, _, _ = run_fit(tmp_path, epochs=8)
+    assert history["val_acc"].max() > 0.8
+
+
+def test_killed_training_resumes_to_identical_weights(tmp_path):
+    """Stop after 2 of 4 epochs, resume: same history and best weights as one run of 4."""
+    train.make_deterministic(0, 1)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    full_hist, full_best, _, _ = run_fit(tmp_path / "a", epochs=4)
+    run_fit(tmp_path / "b", epochs=2)  # "killed" after epoch 2: the checkpoint stays
+    resumed_hist, resumed_best, _, _ = run_fit(tmp_path / "b", epochs=4)
+    np.testing.assert_allclose(resumed_hist.drop(columns="seconds").to_numpy(),
+                               full_hist.drop(columns="seconds").to_numpy())
+    for key in full_best:
+        assert torch.equal(full_best[key], resumed_best[key]), key
+
+
+def test_checkpoint_for_other_settings_is_not_resumed(tmp_path):
+    run_fit(tmp_path, epochs=2)
+    assert train.load_checkpoint(tmp_path / "ckpt.pt", "f", torch.device("cpu")) is not None
+    assert train.load_checkpoint(tmp_path / "ckpt.pt", "other", torch.device("cpu")) is None

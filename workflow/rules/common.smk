@@ -1,0 +1,45 @@
+# Shared by every rule: the validated config and the path templates of ferbench.paths.
+from ferbench import config as ferbench_config
+from ferbench import paths
+
+config.update(ferbench_config.validate(config))
+RESULTS = config["results"]
+
+
+wildcard_constraints:
+    dataset="[^/]+",
+    protocol="[^/]+",
+    model="[^/]+",
+    fold=r"\d+",
+
+
+def path(template, **wildcards):
+    """A ferbench.paths template with the results folder filled in."""
+    return paths.fill(template, config, **wildcards)
+
+
+def log_path(rule_name, name):
+    return path(paths.LOG, rule=rule_name, name=name)
+
+
+def benchmark_path(rule_name, name):
+    return path(paths.BENCHMARK, rule=rule_name, name=name)
+
+
+def dataset_config(wildcards):
+    return config["datasets"][wildcards.dataset]
+
+
+def raw_input(wildcards):
+    """The fetched raw folder, unless the dataset is a local copy given by `path:`."""
+    if dataset_config(wildcards)["source"] == "path":
+        return []
+    return path(paths.RAW, dataset=wildcards.dataset)
+
+
+def fold_numbers(protocol):
+    return range(config["protocols"][protocol]["folds"])
+
+
+def report_outputs():
+    return [path(paths.REPORT), path(paths.STUDY_METRICS)]

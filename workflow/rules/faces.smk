@@ -1,0 +1,24 @@
+rule faces:
+    """Detect, crop, resize and normalise every face; record each image's outcome."""
+    input:
+        raw=raw_input,
+        manifest=path(paths.MANIFEST),
+    output:
+        array=path(paths.FACES_ARRAY),
+        table=path(paths.FACES_TABLE),
+        samples=path(paths.FACES_SAMPLES),
+        stats=path(paths.DETECTION),
+    log:
+        log_path("faces", "{dataset}"),
+    benchmark:
+        benchmark_path("faces", "{dataset}")
+    conda:
+        "../envs/ferbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        dataset=dataset_config,
+    script:
+        "../scripts/faces.py"

@@ -1,0 +1,28 @@
+rule report:
+    """One self-contained HTML report and a flat metrics file for `dvc metrics show`."""
+    input:
+        summaries=paths.summaries(config),
+        detections=[
+            path(paths.DETECTION, dataset=d) for d in paths.study_datasets(config)
+        ],
+        samples=[
+            path(paths.FACES_SAMPLES, dataset=d) for d in paths.study_datasets(config)
+        ],
+    output:
+        html=path(paths.REPORT),
+        metrics=path(paths.STUDY_METRICS),
+    log:
+        log_path("report", "report"),
+    benchmark:
+        benchmark_path("report", "report")
+    conda:
+        "../envs/ferbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        benchmarks=path(paths.BENCHMARK_DIR),
+        title=config["report"]["title"],
+    script:
+        "../scripts/report.py"

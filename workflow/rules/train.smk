@@ -1,0 +1,27 @@
+rule train:
+    """Train one fold of one model; checkpoints every epoch and resumes after a kill."""
+    input:
+        faces=path(paths.FACES_ARRAY),
+        folds=path(paths.FOLDS),
+        augment_array=path(paths.AUGMENT_ARRAY),
+        augment_table=path(paths.AUGMENT_TABLE),
+    output:
+        model=path(paths.MODEL),
+        history=path(paths.HISTORY),
+        run=path(paths.RUN_INFO),
+    log:
+        log_path("train", "{dataset}/{protocol}/{model}/fold{fold}"),
+    benchmark:
+        benchmark_path("train", "{dataset}/{protocol}/{model}/fold{fold}")
+    conda:
+        "../envs/ferbench.yaml"
+    threads: config["train_threads"]
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=config["train_gpus"],
+    params:
+        checkpoint=path(paths.CHECKPOINT),
+        hyperparameters=lambda wildcards: config["models"].get(wildcards.model, {}),
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,13 @@
+from ferbench import jobs
+from ferbench.snakemake_io import logged
+
+with logged(snakemake):
+    dataset = snakemake.params.dataset
+    stats = jobs.detect(
+        snakemake.wildcards.dataset,
+        dataset,
+        jobs.dataset_root(dataset, snakemake.input.get("raw") or None),
+        snakemake.input.manifest,
+        dict(snakemake.output.items()),
+    )
+    print(stats)

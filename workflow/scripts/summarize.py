@@ -1,0 +1,12 @@
+from ferbench import jobs
+from ferbench.snakemake_io import logged, study
+
+with logged(snakemake):
+    summary = jobs.summarize(
+        study(snakemake.wildcards),
+        snakemake.params.protocol,
+        list(snakemake.input),
+        snakemake.output[0],
+        snakemake.config,
+    )
+    print(f"accuracy {summary['accuracy_mean']:.4f} +- {summary['accuracy_std']:.4f}")
