@@ -1,0 +1,393 @@
+"""The study report: one self-contained, byte-deterministic HTML file.
+
+Everything the reader needs travels inside the file (inline CSS, figures as base64 PNG), so
+the report can be mailed, archived next to the DVC metrics, or opened offline. Nothing in it
+depends on the clock or the machine, so re-running the report stage on unchanged results
+yields the same bytes and DVC/Snakemake see no spurious change.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+DPI = 90
+NA = "n/a"
+# Fixed salt and style so the PNG bytes do not depend on the user's matplotlibrc.
+RC = {"svg.hashsalt": "ferbench", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
+      "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7}
+
+CSS = """
+body { font-family: Georgia, 'Times New Roman', serif; max-width: 980px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; border-bottom: 2px solid #222; padding-bottom: .2em; }
+h2 { font-size: 1.3em; margin-top: 2em; border-bottom: 1px solid #999; }
+h3 { font-size: 1.1em; margin-top: 1.6em; }
+h4 { font-size: 1em; margin: 1em 0 .3em; }
+table { border-collapse: collapse; margin: .6em 0 1.2em; font-size: .9em;
+        border-top: 2px solid #222; border-bottom: 2px solid #222; }
+thead th { border-bottom: 1px solid #222; vertical-align: bottom; }
+th, td { padding: .25em .7em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+caption { caption-side: top; text-align: left; font-style: italic; padding-bottom: .3em; }
+.badge { display: inline-block; font: bold .72em sans-serif; padding: .1em .45em;
+         border-radius: .3em; color: #fff; white-space: nowrap; }
+.yes { background: #2e7d32; }
+.no { background: #c62828; }
+.small { font-size: .8em; color: #555; font-weight: normal; }
+figure { display: inline-block; margin: .4em 1em .4em 0; vertical-align: top; }
+figcaption { font-size: .8em; color: #555; }
+img { max-width: 100%; }
+.note { color: #777; font-style: italic; }
+"""
+
+
+class Html(str):
+    """Markup that is already safe; every other string is escaped when rendered."""
+
+
+def _text(value) -> str:
+    return value if isinstance(value, Html) else html.escape(str(value))
+
+
+def _pct(value) -> str:
+    return NA if value is None else f"{100 * value:.2f}"
+
+
+def _mean_std(mean: float, std: float) -> str:
+    return f"{_pct(mean)} ± {_pct(std)}"
+
+
+def _table(header: list, rows: list[list], caption: str = "") -> Html:
+    """A booktabs-style table; cells are escaped unless wrapped in Html."""
+    head = "".join(f"<th>{_text(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_text(c)}</td>" for c in row) + "</tr>\n"
+                   for row in rows)
+    cap = f"<caption>{_text(caption)}</caption>" if caption else ""
+    return Html(f"<table>{cap}<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>\n")
+
+
+def _note(message: str) -> Html:
+    return Html(f'<p class="note">{_text(message)}</p>\n')
+
+
+def _badge(subject_independent: bool) -> Html:
+    """Make a leaky (non subject-independent) protocol impossible to overlook."""
+    if subject_independent:
+        return Html('<span class="badge yes">subject-independent</span>')
+    return Html('<span class="badge no">NOT subject-independent</span>')
+
+
+def _img(png: bytes, alt: str, caption: str = "") -> Html:
+    data = base64.b64encode(png).decode("ascii")
+    cap = f"<figcaption>{_text(caption)}</figcaption>" if caption else ""
+    return Html(f'<figure><img src="data:image/png;base64,{data}" alt="{_text(alt)}">'
+                f"{cap}</figure>\n")
+
+
+def _png(fig: Figure) -> bytes:
+    """Render without the Software/date metadata so equal figures give equal bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+@dataclass
+class Study:
+    """One (dataset, protocol, model) summary with its per-fold files (None where missing)."""
+
+    summary: dict
+    metrics: list[dict | None]
+    histories: list[pd.DataFrame | None]
+
+    @property
+    def title(self) -> str:
+        s = self.summary
+        return f"{s['model']} on {s['dataset']} / {s['protocol']}"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def load_study(summary_path: Path) -> Study:
+    """A summary plus the fold files it points to (paths relative to the summary's folder)."""
+    summary = json.loads(summary_path.read_text())
+    base = summary_path.parent
+    return Study(summary,
+                 [_read_json(base / f["metrics"]) for f in summary["folds"]],
+                 [_read_csv(base / f["history"]) for f in summary["folds"]])
+
+
+def load_benchmarks(paths: list[Path]) -> pd.DataFrame:
+    """Per rule: jobs, total/mean wall seconds and peak RSS over its benchmark files.
+
+    A file with several rows holds `repeat()` runs of one job, so it counts by its mean.
+    """
+    rows = []
+    for path in paths:
+        runs = pd.read_csv(path, sep="\t", na_values=["-"])
+        rows.append({"rule": path.parent.name, "s": runs["s"].mean(),
+                     "max_rss": runs["max_rss"].max()})
+    if not rows:
+        return pd.DataFrame(columns=["jobs", "total_s", "mean_s", "max_rss"])
+    per_job = pd.DataFrame(rows)
+    return per_job.groupby("rule").agg(jobs=("s", "size"), total_s=("s", "sum"),
+                                       mean_s=("s", "mean"), max_rss=("max_rss", "max"))
+
+
+# -- figures -----------------------------------------------------------------------------------
+
+def confusion_figure(labels: list[str], confusion: list[list[int]]) -> bytes:
+    """Row-normalised so classes of very different size read alike; counts stay visible."""
+    counts = np.asarray(confusion, dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    percent = 100 * np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n = len(labels)
+    side = max(3.5, 0.55 * n + 1.2)
+    fig = Figure(figsize=(side + 0.6, side), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(percent, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="% of true class")
+    for i, j in np.ndindex(n, n):
+        ax.text(j, i, f"{percent[i, j]:.0f}%\n({int(counts[i, j])})", ha="center",
+                va="center", fontsize=6, color="white" if percent[i, j] > 50 else "black")
+    ax.set_xticks(range(n), labels, rotation=45, ha="right")
+    ax.set_yticks(range(n), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    return _png(fig)
+
+
+def per_class_figure(per_class: pd.DataFrame) -> bytes:
+    """Grouped precision/recall/F1 bars: which expressions the model confuses."""
+    fig = Figure(figsize=(max(4.0, 0.6 * len(per_class) + 1.5), 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(per_class))
+    width = 0.27
+    for k, column in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * width, 100 * per_class[column], width, label=column)
+    ax.set_xticks(x, per_class.index, rotation=45, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("% (mean over folds)")
+    ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, 1.15), frameon=False)
+    return _png(fig)
+
+
+def curves_figure(histories: list[pd.DataFrame]) -> bytes:
+    """Loss and accuracy per epoch: thin line per fold, thick mean over the folds still running.
+
+    Early stopping makes folds differ in length, so the mean at an epoch uses only the folds
+    that reached it.
+    """
+    fig = Figure(figsize=(7.0, 2.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    everything = pd.concat(histories, ignore_index=True)
+    mean = everything.groupby("epoch").mean(numeric_only=True)
+    for ax, metric, scale in ((ax_loss, "loss", 1), (ax_acc, "acc", 100)):
+        for split, color in (("train", "C0"), ("val", "C1")):
+            column = f"{split}_{metric}"
+            for history in histories:
+                ax.plot(history["epoch"], scale * history[column], color=color, lw=0.6,
+                        alpha=0.45)
+            ax.plot(mean.index, scale * mean[column], color=color, lw=1.8, label=f"{split} (mean)")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("loss" if metric == "loss" else "accuracy (%)")
+        ax.legend(frameon=False)
+    return _png(fig)
+
+
+def runtime_figure(runtime: pd.DataFrame) -> bytes:
+    """Where the wall-clock time of the study went, largest stage on top."""
+    ordered = runtime.sort_values("total_s")
+    fig = Figure(figsize=(5.0, max(1.6, 0.3 * len(ordered) + 0.8)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh(ordered.index, ordered["total_s"], color="C2")
+    ax.set_xlabel("total wall seconds")
+    return _png(fig)
+
+
+# -- sections ----------------------------------------------------------------------------------
+
+def header_section(title: str, studies: list[Study]) -> Html:
+    datasets = sorted({s.summary["dataset"] for s in studies})
+    return Html(f"<h1>{_text(title)}</h1>\n<p>{len(studies)} studies on "
+                f"{len(datasets)} dataset(s): {_text(', '.join(datasets)) or NA}. "
+                "Scores are in %, mean ± sample std over cross-validation folds.</p>\n")
+
+
+def _column_header(summary: dict) -> Html:
+    return Html(f"{_text(summary['dataset'])} / {_text(summary['protocol'])}<br>"
+                f"{_badge(summary['subject_independent'])}<br>"
+                f'<span class="small">{_text(summary["protocol_description"])}</span>')
+
+
+def _best(values: dict, key: str) -> float:
+    """Best displayed score of a column, compared as shown so printed ties both get bold."""
+    return max(round(100 * s[key], 2) for s in values.values())
+
+
+def _score_cell(summary: dict, best_acc: float, best_f1: float) -> Html:
+    k = len(summary["folds"])
+    acc = _mean_std(summary["accuracy_mean"], summary["accuracy_std"])
+    f1 = _mean_std(summary["macro_f1_mean"], summary["macro_f1_std"])
+    if round(100 * summary["accuracy_mean"], 2) == best_acc:
+        acc = f"<b>{acc}</b>"
+    if round(100 * summary["macro_f1_mean"], 2) == best_f1:
+        f1 = f"<b>{f1}</b>"
+    return Html(f"acc {acc} ({k} folds)<br>macro-F1 {f1}")
+
+
+def accuracy_section(studies: list[Study]) -> Html:
+    """The paper's main table: methods x (dataset, protocol), best per column in bold."""
+    out = "<h2>1. Accuracy</h2>\n"
+    if not studies:
+        return Html(out + _note("No study summaries were given."))
+    columns: dict[tuple, dict[str, dict]] = {}
+    for study in studies:
+        s = study.summary
+        columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
+    models = list(dict.fromkeys(s.summary["model"] for s in studies))
+    best = {key: (_best(cells, "accuracy_mean"), _best(cells, "macro_f1_mean"))
+            for key, cells in columns.items()}
+    header = ["method"] + [_column_header(next(iter(cells.values())))
+                           for cells in columns.values()]
+    rows = [[model] + [_score_cell(cells[model], *best[key]) if model in cells else "—"
+                       for key, cells in columns.items()]
+            for model in models]
+    return Html(out + _table(header, rows, "Test accuracy and macro-F1 (%)"))
+
+
+def _folds_table(study: Study) -> Html:
+    rows = [[f["fold"], f["n_train"], f["n_val"], f["n_test"], _pct(f["accuracy"]),
+             _pct(f["macro_f1"]), NA if m is None else m["best_epoch"]]
+            for f, m in zip(study.summary["folds"], study.metrics)]
+    return _table(["fold", "n_train", "n_val", "n_test", "accuracy", "macro-F1", "best epoch"],
+                  rows, "Per fold (%)")
+
+
+def per_class_means(study: Study) -> pd.DataFrame:
+    """Precision/recall/F1 per class averaged over the folds whose metrics exist; support summed."""
+    frames = [pd.DataFrame(m["per_class"]).T for m in study.metrics if m is not None]
+    if not frames:
+        return pd.DataFrame()
+    stacked = pd.concat(frames)
+    means = stacked.groupby(level=0, sort=False)[["precision", "recall", "f1"]].mean()
+    means["support"] = stacked.groupby(level=0, sort=False)["support"].sum().astype(int)
+    return means.reindex(study.summary["labels"])
+
+
+def _per_class_part(study: Study) -> Html:
+    per_class = per_class_means(study)
+    if per_class.empty:
+        return _note("No per-fold metrics found, so no per-class scores.")
+    rows = [[r.Index, _pct(r.precision), _pct(r.recall), _pct(r.f1), r.support]
+            for r in per_class.itertuples()]
+    table = _table(["class", "precision", "recall", "F1", "support"], rows,
+                   "Per class (%, mean over folds; support summed)")
+    return Html(table + _img(per_class_figure(per_class), f"per-class scores, {study.title}"))
+
+
+def _curves_part(study: Study) -> Html:
+    histories = [h for h in study.histories if h is not None and not h.empty]
+    if not histories:
+        return _note("No training histories found.")
+    return _img(curves_figure(histories), f"training curves, {study.title}",
+                "Training curves: thin lines per fold, thick lines the mean.")
+
+
+def study_section(study: Study, number: int) -> Html:
+    """Everything about one (dataset, protocol, model): folds, errors, classes, training."""
+    s = study.summary
+    run = s.get("mlflow_run_id")
+    run_line = f' <span class="small">MLflow run {_text(run)}</span>' if run else ""
+    confusion = _img(confusion_figure(s["labels"], s["confusion"]),
+                     f"confusion matrix, {study.title}",
+                     "Confusion matrix summed over folds (row-normalised %, counts).")
+    return Html(f'<h3 id="study-{number}">2.{number} {_text(study.title)} '
+                f"{_badge(s['subject_independent'])}{run_line}</h3>\n"
+                f"<p>{_text(s['protocol_description'])}</p>\n"
+                + _folds_table(study) + confusion + "<h4>Per class</h4>\n"
+                + _per_class_part(study) + "<h4>Training</h4>\n" + _curves_part(study))
+
+
+def studies_section(studies: list[Study]) -> Html:
+    parts = [study_section(study, i) for i, study in enumerate(studies, start=1)]
+    return Html("<h2>2. Studies</h2>\n" + ("".join(parts) or _note("No studies.")))
+
+
+def _iou_cells(iou: dict | None) -> list:
+    if iou is None:
+        return ["no ground truth", "", "", ""]
+    return [f"{iou['mean']:.3f}", f"{iou['median']:.3f}", _pct(iou["hit_rate_05"]), iou["n"]]
+
+
+def detection_section(detections: list[Path], samples: list[Path]) -> Html:
+    """What the face detector did to each dataset, and a look at the faces it produced."""
+    out = "<h2>3. Face detection</h2>\n"
+    stats = [d for d in (_read_json(p) for p in detections) if d is not None]
+    if stats:
+        rows = [[d["dataset"], d["detector"], d["images"], d["detected"], d["missed"],
+                 d["corrupt"], d["fallback_full_image"], d["dropped"], _pct(d["detection_rate"]),
+                 *_iou_cells(d["iou"]), f"{d['seconds']:.1f}"] for d in stats]
+        out += _table(["dataset", "detector", "images", "detected", "missed", "corrupt",
+                       "full-image fallback", "dropped", "detection rate (%)", "IoU mean",
+                       "IoU median", "IoU ≥ 0.5 (%)", "IoU n", "seconds"], rows)
+    else:
+        out += _note("No detection statistics were given.")
+    for path in samples:
+        if path.is_file():
+            out += _img(path.read_bytes(), "sample faces", "/".join(path.parts[-3:]))
+    return Html(out)
+
+
+def runtime_section(benchmarks: list[Path]) -> Html:
+    """Cost of each pipeline stage, from Snakemake's benchmark files."""
+    out = "<h2>4. Runtime</h2>\n"
+    runtime = load_benchmarks(benchmarks)
+    if runtime.empty:
+        return Html(out + _note("No benchmark files were given."))
+    rows = [[r.Index, r.jobs, f"{r.total_s:.2f}", f"{r.mean_s:.2f}",
+             NA if pd.isna(r.max_rss) else f"{r.max_rss:.1f}"]
+            for r in runtime.itertuples()]
+    table = _table(["rule", "jobs", "total wall s", "mean wall s", "max RSS (MB)"], rows,
+                   "Runtime per Snakemake rule")
+    return Html(out + table + _img(runtime_figure(runtime), "runtime per rule"))
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+def build_report(summaries: list[Path], detections: list[Path], benchmarks: list[Path],
+                 out_html: Path, *, title: str = "ferbench report",
+                 samples: list[Path] = ()) -> Path:
+    """Write the report and return its path; same inputs always give the same bytes."""
+    studies = [load_study(Path(p)) for p in summaries]
+    with matplotlib.rc_context(RC):
+        body = (header_section(title, studies) + accuracy_section(studies)
+                + studies_section(studies)
+                + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
+                + runtime_section(sorted(Path(p) for p in benchmarks)))
+    document = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                f"<title>{_text(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+                f"<body>\n{body}</body>\n</html>\n")
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    out_html.write_text(document, encoding="utf-8")
+    return out_html
