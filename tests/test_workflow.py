@@ -1,0 +1,122 @@
+"""The real workflow, end to end, on a tiny synthetic study (Snakemake + MLflow, no mocks)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ferbench import tracking
+from tests.conftest import ROOT, tiny_config
+from tests.workflow_helpers import env, run_snakemake, write_config
+
+pytestmark = pytest.mark.slow
+RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "summarize",
+         "report")
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """The same tiny study run twice in two fresh folders."""
+    runs = []
+    for name in ("first", "second"):
+        workdir = tmp_path_factory.mktemp(name)
+        write_config(workdir, tiny_config(Path("results")))
+        run_snakemake(workdir)
+        runs.append(workdir / "results")
+    return runs
+
+
+def test_every_stage_produced_its_artifacts(tiny_runs):
+    results = tiny_runs[0]
+    study = results / "synthetic" / "subject_5fold"
+    assert (results / "synthetic" / "manifest.csv").exists()
+    assert (results / "synthetic" / "faces" / "faces.npy").exists()
+    assert len(list((study / "augment").glob("fold*.npy"))) == 3
+    for fold in range(3):
+        assert (study / "deep_emotion" / f"fold{fold}" / "model.pt").exists()
+        assert not (study / "deep_emotion" / f"fold{fold}" / "checkpoint.pt").exists()
+    summary = json.loads((study / "deep_emotion" / "summary.json").read_text())
+    assert len(summary["folds"]) == 3 and summary["subject_independent"] is True
+    html = (results / "report.html").read_text()
+    assert "deep_emotion" in html and "data:image/png;base64" in html
+    metrics = json.loads((results / "metrics.json").read_text())
+    assert metrics["synthetic/subject_5fold/deep_emotion"]["accuracy_mean"] == pytest.approx(
+        summary["accuracy_mean"], abs=1e-6)
+    for rule in RULES:
+        assert list((results / "benchmarks" / rule).rglob("*.tsv")), rule
+        assert list((results / "logs" / rule).rglob("*.log")), rule
+
+
+def test_detection_is_measured_against_ground_truth(tiny_runs):
+    stats = json.loads((tiny_runs[0] / "synthetic" / "detection.json").read_text())
+    assert stats["detector"] == "haar" and stats["images"] > 0
+    assert stats["iou"]["n"] == stats["images"] - stats["corrupt"]
+    assert stats["detection_rate"] > 0.8
+
+
+def test_same_config_and_seed_give_identical_folds_and_metrics(tiny_runs):
+    first, second = tiny_runs
+    study = Path("synthetic") / "subject_5fold"
+    assert (first / study / "folds.csv").read_bytes() == (second / study / "folds.csv").read_bytes()
+    for fold in range(3):
+        a = (first / study / "augment" / f"fold{fold}.npy").read_bytes()
+        assert a == (second / study / "augment" / f"fold{fold}.npy").read_bytes()
+        ma, mb = (json.loads((r / study / "deep_emotion" / f"fold{fold}" / "metrics.json")
+                             .read_text()) for r in tiny_runs)
+        ma.pop("run_id"), mb.pop("run_id")
+        assert ma == mb
+
+
+def test_mlflow_holds_one_nested_run_per_fold(tiny_runs):
+    from mlflow.tracking import MlflowClient
+
+    results = tiny_runs[0]
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ferbench")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]
+    children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "fold"]
+    assert len(parents) == 1 and len(children) == 3
+    parent = parents[0]
+    summary = json.loads((results / "synthetic/subject_5fold/deep_emotion/summary.json").read_text())
+    assert parent.data.metrics["accuracy_mean"] == pytest.approx(summary["accuracy_mean"])
+    assert "accuracy_std" in parent.data.metrics
+    for child in children:
+        assert child.data.tags[tracking.PARENT_TAG] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        assert {"lr", "batch_size", "seed", "fold", "git_commit", "config_hash"} <= set(
+            child.data.params)
+        history = client.get_metric_history(child.info.run_id, "val_acc")
+        assert len(history) == int(child.data.params["epochs"])
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"metrics.json", "history.csv", "predictions.csv", "model"} <= artifacts
+
+
+def test_a_killed_rerun_is_a_noop_when_nothing_changed(tiny_runs):
+    workdir = tiny_runs[0].parent
+    result = run_snakemake(workdir, "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_dry_run_of_the_default_config_lists_every_stage():
+    import subprocess
+    import sys
+
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "2"],
+                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    listed = set(re.findall(r"^(\w+)\s+\d+$", result.stdout, re.MULTILINE))
+    assert set(RULES) <= listed
+
+
+def test_malformed_config_stops_before_any_job(tmp_path):
+    config = tiny_config(Path("results"))
+    config["models"]["deep_emotion"]["epochs"] = 0
+    write_config(tmp_path, config)
+    result = run_snakemake(tmp_path, check=False)
+    assert result.returncode != 0
+    assert "config key 'models.deep_emotion.epochs'" in result.stdout + result.stderr
+    assert not (tmp_path / "results").exists()
