@@ -8,6 +8,7 @@ parallel fold jobs retry on "database is locked".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -48,8 +49,9 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
-        self.experiment_id = retry(self._experiment, experiment, Path(results))
+        with _store_lock(uri):
+            self.client = MlflowClient(tracking_uri=uri)
+            self.experiment_id = retry(self._experiment, experiment, Path(results))
 
     def _experiment(self, name: str, results: Path) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -87,6 +89,21 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         retry(self.client.set_terminated, run_id, status)
+
+
+def _store_lock(uri: str):
+    """A cross-process lock beside a local SQLite store while it is first opened.
+
+    Opening a new store creates its tables; parallel fold jobs doing that at once fail with
+    "table ... already exists". Server URIs need no lock: the server serialises writes.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(database) + ".lock", timeout=600)
 
 
 def git_commit() -> str:
