@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -17,6 +18,9 @@ def logged(snakemake):
         sys.stdout = sys.stderr = handle
         try:
             yield
+        except BaseException:
+            traceback.print_exc()  # into the log, where Snakemake points the user
+            raise
         finally:
             sys.stdout, sys.stderr = old
 

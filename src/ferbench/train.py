@@ -52,7 +52,7 @@ class Split:
                               for f in faces])
         faces = faces.reshape(len(faces), 1, input_size, input_size)
         return cls(torch.from_numpy(np.ascontiguousarray(faces)),
-                   torch.as_tensor(np.asarray(targets), dtype=torch.long))
+                   torch.as_tensor(np.array(targets), dtype=torch.long))
 
     def __len__(self) -> int:
         return len(self.targets)
