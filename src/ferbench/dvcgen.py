@@ -36,7 +36,7 @@ def _stage(rule: str, config_file: str, targets: list[str], deps: list[str], par
         stage["params"] = [{config_file: list(params)}]
     stage["outs"] = [t for t in targets if t not in metrics]
     if metrics:
-        stage["metrics"] = [{m: {"cache": False}} for m in metrics]
+        stage["metrics"] = list(metrics)  # cached: results/ is not in git, so DVC keeps them
     return stage
 
 
