@@ -46,6 +46,15 @@ def test_deepfer_has_seven_convs_four_fcs_and_identity_stn():
     assert torch.allclose(model.warp(x), x, atol=1e-5)  # theta starts at identity
 
 
+def test_deepfer_signal_survives_its_depth_at_initialisation():
+    """Default init shrinks the logits' spread across inputs to ~1e-5 and training stalls."""
+    torch.manual_seed(0)
+    model = get("deepfer").build(7, get("deepfer").hyperparameters({"width": 0.5})).eval()
+    with torch.no_grad():
+        logits = model(torch.rand(16, 1, 48, 48) * 2 - 1)
+    assert logits.std(0).mean() > 0.1
+
+
 def tiny_split(n=48, seed=0):
     rng = np.random.default_rng(seed)
     targets = rng.integers(0, 3, n)

@@ -8,7 +8,10 @@ feature path. Loss (Eq. 1): L_overall = L_classifier + lambda * ||w(fc)||_2^2 ov
 weights of the four FC layers; Adam; trained from scratch.
 
 The paper gives no channel widths; ours double per block (32-64-128, then 256) and `width`
-scales them all, so the demo can run a narrower network on two CPU cores.
+scales them all, so the demo can run a narrower network on two CPU cores. Nor does it give an
+initialisation: with PyTorch's default one this eleven-layer plain ReLU stack (no batch norm)
+stays at chance on the synthetic demo, so conv and FC weights use He initialisation, the
+standard choice for ReLU networks trained from scratch.
 """
 
 from __future__ import annotations
@@ -56,6 +59,10 @@ class DeepFER(nn.Module):
             nn.Linear(c4 * 6 * 6, 256), nn.Linear(256, 128), nn.Linear(128, 64),
             nn.Linear(64, num_classes),
         ])
+        for layer in [*self.features, *self.fc]:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     def warp(self, x: torch.Tensor) -> torch.Tensor:
         """The STN's output: what the feature path actually sees (for attention figures)."""
