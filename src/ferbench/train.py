@@ -174,7 +174,7 @@ def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: i
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss) * len(y)
+        total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
     return total_loss / max(1, seen), correct / max(1, seen)
