@@ -89,8 +89,8 @@ def evaluate_loss(model, split: Split, device, batch_size: int = 256) -> tuple[f
     for i in range(0, len(split), batch_size):
         x = as_input(split.images[i:i + batch_size], device)
         y = split.targets[i:i + batch_size].to(device)
-        logits = model(x)
-        total_loss += float(model.loss(logits, y)) * len(y)
+        loss, logits = model.objective(x, y)
+        total_loss += loss.item() * len(y)
         correct += int((logits.argmax(1) == y).sum())
     return total_loss / max(1, len(split)), correct / max(1, len(split))
 
@@ -128,6 +128,9 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
+        # The job's log says so: after a kill, the epochs before this one are not retrained.
+        print(f"resumed from epoch {state['epoch']} of {hp['epochs']} ({checkpoint})",
+              flush=True)
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
                disable=not progress)
     while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:
@@ -169,8 +172,7 @@ def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: i
         idx = order[i:i + batch_size]
         x = as_input(train.images[idx], device)
         y = train.targets[idx].to(device)
-        logits = model(x)
-        loss = model.loss(logits, y)
+        loss, logits = model.objective(x, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -1,8 +1,8 @@
 """The model registry: one entry per model, each with its paper's defaults.
 
-Every model is an `nn.Module` taking a (B, 1, input_size, input_size) float tensor in
-[-1, 1] and returning logits, with a `loss(logits, targets)` method that implements its
-paper's objective. Later models join by adding a module and one line here.
+Every model is a `FERModel` (models/base.py): it takes a (B, 1, input_size, input_size) float
+tensor in [-1, 1], returns class scores, and its `objective(x, targets)` implements its
+paper's loss. Later models join by adding a module and one line here.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ferbench.models.base import FERModel
 from ferbench.models.losses import cross_entropy_fc_l2
 from ferbench.models.stn import SpatialTransformer
 
@@ -24,7 +25,7 @@ DEFAULTS = {
 }
 
 
-class DeepEmotion(nn.Module):
+class DeepEmotion(FERModel):
     input_size = 48
 
     def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-3, **_):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ferbench.models.base import FERModel
 from ferbench.models.losses import cross_entropy_fc_l2
 from ferbench.models.stn import SpatialTransformer
 
@@ -39,7 +40,7 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, kernel_size=3, padding=1)
 
 
-class DeepFER(nn.Module):
+class DeepFER(FERModel):
     input_size = 48
 
     def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-4,
