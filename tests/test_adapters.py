@@ -157,7 +157,7 @@ def test_synthetic_layout_quarantines_listed_but_missing_images(tmp_path):
         "images": 35, "subjects": 2, "sequences": 12,
         "per_class": {label: 6 - (label == "anger") for label in synthetic.EXPRESSIONS},
         "per_split": {"all": 35}}
-    assert list(result.manifest.columns[-2:]) == ["gt_bbox", "gender"]
+    assert list(result.manifest.columns[-3:]) == ["gt_bbox", "gender", "landmarks"]
     assert _reasons(result) == {table["image"][0]: "missing file"}
     assert adapters.load("synthetic", tmp_path).manifest.equals(result.manifest)
 
@@ -181,7 +181,8 @@ def test_a_root_without_its_table_or_images_is_not_found(tmp_path):
 
 
 def test_unknown_adapter_and_option_list_the_known_ones(tmp_path):
-    with pytest.raises(ValueError, match="known: csv, folder, synthetic"):
+    with pytest.raises(ValueError, match="known: ckplus, ckplus48, csv, fer2013, ferg, folder, "
+                                         "jaffe, oulu_casia, rafdb, sfew, synthetic"):
         adapters.load("ckplus-typo", tmp_path)
     with pytest.raises(ValueError, match="no option patern; options: pattern"):
         adapters.load("folder", tmp_path, patern="x")

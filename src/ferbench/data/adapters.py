@@ -3,7 +3,8 @@
 An adapter only lists candidate rows (image path, raw label, whatever ids the layout
 carries). One shared pass then maps labels to canonical names, fills defaults, checks the
 files and quarantines what cannot be used, so every dataset obeys the same rules and a bad
-file is counted instead of stopping the study.
+file is counted instead of stopping the study. The generic readers are here; those of the
+licensed datasets (FER2013, CK+, JAFFE, ...) are in `native`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 
+from ferbench.data import images
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.download import sha256sum
 
@@ -38,9 +40,10 @@ PATTERN_FIELDS = frozenset({"label", "subject", "sequence", "frame"})
 #: Manifest column -> table column the csv adapter reads by default.
 CSV_COLUMNS = {"image": "image", "label": "label", "subject": "subject",
                "sequence": "sequence", "frame": "frame", "source_split": "split",
-               "gender": "gender", "gt_bbox": "gt_bbox"}
+               "gender": "gender", "gt_bbox": "gt_bbox", "landmarks": "landmarks"}
 
-#: Adapter name -> reader(root, **options) -> candidate rows; each reader has a LAYOUT.
+#: Adapter name -> reader(root, **options) -> candidate rows; each reader has a LAYOUT and
+#: an OBTAIN text (where a licensed dataset is requested; None for the generic readers).
 ADAPTERS: dict[str, Callable] = {}
 
 
@@ -67,12 +70,13 @@ def load(name: str, root: Path, **options) -> Ingest:
     """Read dataset `root` through adapter `name` into a manifest plus a quarantine table.
 
     Every adapter takes `label_map` (extra label spellings or codes -> canonical names) and
-    `obtain` (where to get the data, quoted when it is missing); the rest is per adapter.
+    `obtain` (where to get the data, quoted when it is missing instead of the adapter's own
+    OBTAIN text); the rest is per adapter.
     """
     if name not in ADAPTERS:
         raise ValueError(f"unknown adapter {name!r}; known: {', '.join(sorted(ADAPTERS))}")
     reader = ADAPTERS[name]
-    obtain = options.pop("obtain", None)
+    obtain = options.pop("obtain", None) or reader.OBTAIN
     labels = _label_map(options.pop("label_map", None))
     accepted = [p for p in inspect.signature(reader).parameters if p != "root"]
     unknown = sorted(set(options) - set(accepted))
@@ -93,10 +97,12 @@ def load(name: str, root: Path, **options) -> Ingest:
     return _ingest(rows, root, labels)
 
 
-def _adapter(name: str, layout: str):
-    """Register a reader under `name`, with the layout string its not-found error quotes."""
+def _adapter(name: str, layout: str, obtain: str | None = None):
+    """Register a reader under `name`, with the layout and the place to obtain the data that
+    its not-found error quotes."""
     def register(reader: Callable) -> Callable:
         reader.LAYOUT = layout
+        reader.OBTAIN = obtain
         ADAPTERS[name] = reader
         return reader
     return register
@@ -138,7 +144,8 @@ def read_folder(root: Path, *, pattern: str | None = None,
 
 
 @_adapter("csv", "root/<table> (default labels.csv) with columns image (path relative to "
-                 "root) and label, optionally subject, sequence, frame, split, gender")
+                 "root) and label, optionally subject, sequence, frame, split, gender, "
+                 "gt_bbox, landmarks")
 def read_csv(root: Path, *, table: str = "labels.csv",
              columns: dict[str, str] | None = None) -> list[dict]:
     """One row per table row; `columns` maps manifest column names to the table's."""
@@ -220,7 +227,8 @@ def _problem(row: dict, root: Path, labels: dict[str, str]) -> str | None:
         return "no subject"
     if not re.fullmatch(r"\d+", str(row.get("frame") or 1)):
         return "frame is not a number"
-    path = root / image
+    located = images.table_row(image.as_posix())
+    path = root / (located[0] if located else image)
     if not path.is_file():
         return "missing file"
     if path.stat().st_size == 0:
@@ -231,10 +239,10 @@ def _problem(row: dict, root: Path, labels: dict[str, str]) -> str | None:
 def _complete(row: dict, labels: dict[str, str]) -> dict:
     """Canonical label and defaults: an image without identity or sequence is its own."""
     image = row["image"].replace("\\", "/")
-    image_id = PurePosixPath(image).with_suffix("").as_posix()
+    image_id = image if images.table_row(image) else PurePosixPath(image).with_suffix("")
     return {**row, "image": image, "label": labels[_label_key(row["label"])],
-            "subject": row.get("subject") or image_id,
-            "sequence": row.get("sequence") or image_id,
+            "subject": row.get("subject") or str(image_id),
+            "sequence": row.get("sequence") or str(image_id),
             "frame": int(row.get("frame") or 1),
             "source_split": row.get("source_split") or "all"}
 
@@ -245,13 +253,15 @@ def _conflicts(rows: list[dict], root: Path) -> dict[int, str]:
 
     Bytes are compared because some repackagings number files per class folder
     (angry/im0.png, happy/im0.png): a shared name alone does not make them the same image.
+    Rows of a pixel table (`fer2013.csv#12`) are not files and name themselves uniquely.
     """
     table = pd.DataFrame({"image": [r["image"] for r in rows],
                           "label": [r["label"] for r in rows]})
     reasons = {i: "listed more than once" for i in table.index[table["image"].duplicated(False)]}
     table["name"] = table["image"].map(lambda p: PurePosixPath(p).name)
     clash = table[(table.groupby("name")["label"].transform("nunique") > 1)
-                  & ~table.index.isin(list(reasons))].copy()
+                  & ~table.index.isin(list(reasons))
+                  & table["image"].map(images.table_row).isna()].copy()
     clash["digest"] = clash["image"].map(lambda p: sha256sum(root / p))
     shared = clash.groupby("digest")["label"].transform("nunique") > 1
     reasons.update({i: "same file in several classes" for i in clash.index[shared]})
@@ -275,3 +285,8 @@ def _ingest(rows: list[dict], root: Path, labels: dict[str, str]) -> Ingest:
     return Ingest(manifest=manifest_mod.validate(manifest.fillna("")),
                   quarantine=quarantine.sort_values(["image", "reason"], kind="stable")
                   .reset_index(drop=True))
+
+
+# The dataset-specific readers register themselves in ADAPTERS; imported last because they
+# build on the helpers above.
+from ferbench.data import native  # noqa: E402,F401

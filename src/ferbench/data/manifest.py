@@ -35,8 +35,12 @@ CLASS_SETS = {
 REQUIRED_COLUMNS = ("image", "label", "subject", "sequence", "frame", "source_split")
 
 #: Optional columns an adapter may add: a ground-truth face box "x y w h" in pixels of the
-#: original image (the synthetic generator records it), and the subject's gender (DAM-CNN).
-OPTIONAL_COLUMNS = ("gt_bbox", "gender")
+#: original image (the synthetic generator records it), the subject's gender `f`/`m`
+#: (DAM-CNN's gender-bound decoders), the dataset's own 68 landmarks "x0 y0 ... x67 y67" in
+#: pixels of the original image, iBUG 68-point order (CK+ ships them, the synthetic
+#: generator records them; empty where a frame has none), and the sequence's FACS action
+#: units "1+2+5" (CK+).
+OPTIONAL_COLUMNS = ("gt_bbox", "gender", "landmarks", "facs")
 
 
 class ManifestError(ValueError):

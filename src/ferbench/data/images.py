@@ -1,0 +1,82 @@
+"""Decode the image a manifest row names: an image file, or one row of a pixel table.
+
+FER2013 ships no image files: its 35,887 faces are rows of `fer2013.csv`, each a string of
+2304 grey values. Rather than writing them out as files (raw data is never modified or
+copied), the manifest names such a face `fer2013.csv#<row>` and every stage decodes it here.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+#: Side of the square grey faces a pixel table holds (FER2013: 48x48, row-major).
+TABLE_FACE_SIDE = 48
+TABLE_FACE_PIXELS = TABLE_FACE_SIDE * TABLE_FACE_SIDE
+
+#: Column of a pixel table that holds the space-separated grey values.
+PIXEL_COLUMN = "pixels"
+
+_TABLE_ROW = re.compile(r"(?P<table>.+\.csv)#(?P<row>\d+)", re.IGNORECASE)
+
+
+def table_row(image: str) -> tuple[str, int] | None:
+    """(table path, 0-based data row) for a `<table>.csv#<row>` image, None for a file."""
+    match = _TABLE_ROW.fullmatch(image)
+    return (match["table"], int(match["row"])) if match else None
+
+
+def row_image(table: str, row: int) -> str:
+    """The manifest name of data row `row` of pixel table `table` (a root-relative path)."""
+    return f"{table}#{row}"
+
+
+def parse_pixels(text: str) -> np.ndarray:
+    """A 48x48 uint8 face from a pixel string; ValueError saying what is wrong with it."""
+    values = str(text).split()
+    if len(values) != TABLE_FACE_PIXELS:
+        raise ValueError(f"{len(values)} pixel values, expected {TABLE_FACE_PIXELS}")
+    try:
+        grey = np.array(values, dtype=np.int64)
+    except ValueError:
+        raise ValueError("pixel values are not all integers") from None
+    if grey.min() < 0 or grey.max() > 255:
+        raise ValueError("pixel values outside 0-255")
+    return grey.astype(np.uint8).reshape(TABLE_FACE_SIDE, TABLE_FACE_SIDE)
+
+
+def read_image(root: str | Path, image: str) -> np.ndarray | None:
+    """The BGR uint8 image that manifest entry `image` (relative to `root`) names, or None
+    when it cannot be decoded, so that the face stage records it as corrupt."""
+    located = table_row(image)
+    if located is None:
+        return cv2.imread(str(Path(root) / image), cv2.IMREAD_COLOR)
+    table, row = located
+    path = Path(root) / table
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    faces = _pixel_table(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    grey = faces[row] if row < len(faces) else None
+    return None if grey is None else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+
+
+@functools.lru_cache(maxsize=2)
+def _pixel_table(path: str, mtime_ns: int, size: int) -> list[np.ndarray | None]:
+    """Every face of a pixel table, None where its pixel string is malformed. Parsed once
+    per process (the face stage asks for all rows in turn); the file's modification time
+    and size are part of the key so that a replaced table is read again."""
+    column = pd.read_csv(path, usecols=[PIXEL_COLUMN], dtype=str, keep_default_na=False)
+    return [_parsed_or_none(text) for text in column[PIXEL_COLUMN]]
+
+
+def _parsed_or_none(text: str) -> np.ndarray | None:
+    try:
+        return parse_pixels(text)
+    except ValueError:
+        return None
