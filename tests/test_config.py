@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from ferbench import config as config_mod
@@ -50,3 +51,83 @@ def test_every_config_key_is_explained_by_a_comment():
     for key in yaml.safe_load("\n".join(lines)):
         at = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
         assert lines[at - 1].startswith("#"), f"top-level key {key!r} has no comment above it"
+
+
+def _validated_protocol(tmp_path, block):
+    raw = tiny_config(tmp_path)
+    raw["protocols"]["p"] = block
+    return config_mod.validate(raw)["protocols"]["p"]
+
+
+@pytest.mark.parametrize("block, filled", [
+    ({"kind": "subject_kfold"},
+     {"folds": 5, "val_fraction": 0.2, "class_set": "7", "frames": "all"}),
+    ({"kind": "image_kfold", "folds": 10}, {"folds": 10, "val_fraction": 0.2}),
+    ({"kind": "loso", "folds": 10}, {"folds": 10, "val_fraction": 0.2}),
+    ({"kind": "predefined", "train": ["Training"], "test": ["PrivateTest"]},
+     {"val": [], "val_fraction": 0.2}),
+    ({"kind": "held_out", "test_subjects": ["mery", "ray"]},
+     {"val_subjects": [], "val_fraction": 0.2}),
+    ({"kind": "balanced", "train_splits": ["Training"], "test_splits": ["PublicTest"]},
+     {"per_class": {"train": 400, "val": 30, "test": 100}, "class_set": "7"}),
+])
+def test_each_protocol_kind_validates_with_its_defaults(tmp_path, block, filled):
+    protocol = _validated_protocol(tmp_path, block)
+    assert protocol.items() >= {**block, **filled}.items()
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"kind": "subject_kfold", "fold": 5}, "('fold' was unexpected)"),
+    ({"kind": "predefined", "train": ["a"], "test": ["b"], "folds": 3}, "('folds' was unexpected)"),
+    ({"kind": "balanced", "train_splits": ["a"], "test_splits": ["b"], "val_fraction": 0.1},
+     "('val_fraction' was unexpected)"),
+    ({"kind": "loso"}, "'folds' is a required property"),
+    ({"kind": "held_out"}, "'test_subjects' is a required property"),
+])
+def test_a_key_foreign_to_the_protocol_kind_names_itself(tmp_path, block, message):
+    with pytest.raises(config_mod.ConfigError) as err:
+        _validated_protocol(tmp_path, block)
+    assert "config key 'protocols.p'" in str(err.value) and message in str(err.value)
+
+
+def test_an_unknown_protocol_kind_names_the_kind_key(tmp_path):
+    with pytest.raises(config_mod.ConfigError, match="config key 'protocols.p.kind': 'leaky'"):
+        _validated_protocol(tmp_path, {"kind": "leaky", "folds": 3})
+
+
+def test_balanced_per_class_keys_are_checked(tmp_path):
+    block = {"kind": "balanced", "train_splits": ["a"], "test_splits": ["b"],
+             "per_class": {"train": 400, "tset": 100}}
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"config key 'protocols.p.per_class': .*'tset' was unexpected"):
+        _validated_protocol(tmp_path, block)
+
+
+def test_a_model_hyperparameter_typo_names_the_key(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["models"]["deep_emotion"]["learning_rate"] = 0.1
+    with pytest.raises(config_mod.ConfigError) as err:
+        config_mod.validate(raw)
+    assert "config key 'models.deep_emotion.learning_rate'" in str(err.value)
+    assert "lr" in str(err.value)  # the message lists the real names
+
+
+def test_input_size_is_a_hyperparameter_the_model_honours():
+    from ferbench.models import get
+
+    spec = get("deepfer")
+    hp = spec.hyperparameters({"input_size": 32, "width": 0.25})
+    model = spec.build(7, hp)
+    assert spec.input_size(hp) == 32 and spec.input_size() == 48
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 7)
+
+
+def test_cross_dataset_protocol_must_name_another_defined_dataset(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["protocols"]["cross"] = {"kind": "cross_dataset", "test_dataset": "nowhere"}
+    with pytest.raises(config_mod.ConfigError, match="'protocols.cross.test_dataset'"):
+        config_mod.validate(raw)
+    raw["protocols"]["cross"]["test_dataset"] = "synthetic"
+    raw["studies"].append({"dataset": "synthetic", "protocol": "cross", "models": ["deepfer"]})
+    with pytest.raises(config_mod.ConfigError, match="'studies.1.protocol'.*own dataset"):
+        config_mod.validate(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -120,3 +121,18 @@ def test_malformed_config_stops_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "config key 'models.deep_emotion.epochs'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_cross_dataset_study_tests_on_the_other_datasets_faces(tmp_path):
+    config = tiny_config(Path("results"))
+    config["datasets"]["other"] = copy.deepcopy(config["datasets"]["synthetic"])
+    config["protocols"]["to_other"] = {"kind": "cross_dataset", "test_dataset": "other"}
+    config["studies"] = [{"dataset": "synthetic", "protocol": "to_other",
+                          "models": ["deep_emotion"]}]
+    write_config(tmp_path, config)
+    dry = run_snakemake(tmp_path, "-n").stdout
+    jobs = {block.split("\n", 1)[0].strip(): block for block in re.split(r"\nrule ", dry)}
+    assert "results/other/faces/faces.csv" in jobs["folds:"]
+    assert "results/other/faces/faces.npy" in jobs["evaluate:"]
+    assert "results/synthetic/faces/faces.npy" in jobs["train:"]
+    assert "results/other/detection.json" in jobs["report:"]

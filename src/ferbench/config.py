@@ -60,6 +60,13 @@ def _check_references(config: dict) -> None:
     """Studies must name datasets, protocols and models that exist."""
     from ferbench.models import REGISTRY
 
+    for name, protocol in config["protocols"].items():
+        test_dataset = protocol.get("test_dataset")
+        if test_dataset is not None and test_dataset not in config["datasets"]:
+            raise ConfigError(
+                f"config key 'protocols.{name}.test_dataset': unknown dataset '{test_dataset}' "
+                f"(defined: {', '.join(config['datasets'])})"
+            )
     for i, study in enumerate(config["studies"]):
         if study["dataset"] not in config["datasets"]:
             raise ConfigError(
@@ -71,16 +78,27 @@ def _check_references(config: dict) -> None:
                 f"config key 'studies.{i}.protocol': unknown protocol '{study['protocol']}' "
                 f"(defined: {', '.join(config['protocols'])})"
             )
+        if config["protocols"][study["protocol"]].get("test_dataset") == study["dataset"]:
+            raise ConfigError(
+                f"config key 'studies.{i}.protocol': cross-dataset protocol "
+                f"'{study['protocol']}' tests on the study's own dataset '{study['dataset']}'"
+            )
         for j, model in enumerate(study["models"]):
             if model not in REGISTRY:
                 raise ConfigError(
                     f"config key 'studies.{i}.models.{j}': unknown model '{model}' "
                     f"(registered: {', '.join(REGISTRY)})"
                 )
-    for name in config["models"]:
+    for name, overrides in config["models"].items():
         if name not in REGISTRY:
             raise ConfigError(
                 f"config key 'models.{name}': unknown model (registered: {', '.join(REGISTRY)})"
+            )
+        unknown = sorted(set(overrides) - set(REGISTRY[name].defaults))
+        if unknown:
+            raise ConfigError(
+                f"config key 'models.{name}.{unknown[0]}': not a hyperparameter of {name} "
+                f"(it has: {', '.join(sorted(REGISTRY[name].defaults))})"
             )
 
 

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import yaml
 
-from ferbench import paths
+from ferbench import paths, splits
 
 CODE = {
     "fetch": ["src/ferbench/data", "workflow/scripts/fetch.py"],
     "ingest": ["src/ferbench/data", "workflow/scripts/ingest.py"],
-    "faces": ["src/ferbench/faces.py", "workflow/scripts/faces.py"],
+    "faces": ["src/ferbench/faces.py", "src/ferbench/mediapipe_client.py",
+              "src/ferbench/mediapipe_worker.py", "workflow/scripts/faces.py"],
+    "landmarks": ["src/ferbench/landmarks.py", "src/ferbench/data/images.py",
+                  "src/ferbench/mediapipe_client.py", "src/ferbench/mediapipe_worker.py",
+                  "workflow/scripts/landmarks.py"],
     "folds": ["src/ferbench/splits.py", "workflow/scripts/folds.py"],
     "augment": ["src/ferbench/augment.py", "workflow/scripts/augment.py"],
     "train": ["src/ferbench/train.py", "src/ferbench/models", "workflow/scripts/train.py"],
@@ -58,13 +62,20 @@ def stages(config: dict, config_file: str) -> dict:
         faces = [fill(t, dataset=dataset) for t in
                  (paths.FACES_ARRAY, paths.FACES_TABLE, paths.FACES_SAMPLES, paths.DETECTION)]
         out[f"faces_{dataset}"] = _stage("faces", config_file, faces, raw + [manifest], ds)
+        out[f"landmarks_{dataset}"] = _stage(
+            "landmarks", config_file,
+            [fill(paths.LANDMARKS_ARRAY, dataset=dataset),
+             fill(paths.LANDMARKS_SAMPLES, dataset=dataset)],
+            raw + [fill(paths.FACES_TABLE, dataset=dataset),
+                   fill(paths.FACES_ARRAY, dataset=dataset)], ds)
     for study_key, (dataset, protocol) in _protocols(config).items():
         w = {"dataset": dataset, "protocol": protocol}
-        n_folds = config["protocols"][protocol]["folds"]
+        n_folds = splits.fold_count(config["protocols"][protocol])
         folds = fill(paths.FOLDS, **w)
+        tested = paths.test_dataset(config, dataset, protocol)
+        face_tables = [fill(paths.FACES_TABLE, dataset=d) for d in dict.fromkeys((dataset, tested))]
         out[f"folds_{study_key}"] = _stage(
-            "folds", config_file, [folds], [fill(paths.FACES_TABLE, dataset=dataset)],
-            [f"protocols.{protocol}", "seed"])
+            "folds", config_file, [folds], face_tables, [f"protocols.{protocol}", "seed"])
         augmented = [fill(t, fold=k, **w) for k in range(n_folds)
                      for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)]
         out[f"augment_{study_key}"] = _stage(
@@ -85,10 +96,10 @@ def stages(config: dict, config_file: str) -> dict:
                          for t in (paths.METRICS, paths.PREDICTIONS)]
             out[f"evaluate_{study_key}_{study.model}"] = _stage(
                 "evaluate", config_file, evaluated + [fill(paths.SUMMARY, **m)],
-                [fill(paths.FACES_ARRAY, dataset=dataset), folds] + trained, [])
+                [fill(paths.FACES_ARRAY, dataset=tested), folds] + trained, [])
     report_deps = paths.summaries(config) + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
-        for t in (paths.DETECTION, paths.FACES_SAMPLES)]
+        for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
     metrics = fill(paths.STUDY_METRICS)
     out["report"] = _stage("report", config_file, [fill(paths.REPORT), metrics], report_deps,
                            ["report"], metrics=[metrics])

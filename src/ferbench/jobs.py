@@ -16,6 +16,7 @@ import torch
 
 from ferbench import augment as augment_mod
 from ferbench import evaluate, faces, models, splits, tracking
+from ferbench import paths as path_templates
 from ferbench import train as train_mod
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.manifest import CANONICAL_LABELS
@@ -97,10 +98,24 @@ def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: b
 
 # -- 3. folds / 4. augment -------------------------------------------------------------------
 
-def make_folds(faces_table, protocol: dict, seed: int, out_path) -> pd.DataFrame:
-    table = pd.read_csv(faces_table, dtype={"subject": str, "sequence": str},
-                        keep_default_na=False, na_values={"face_index": []})
-    folds = splits.make_folds(table, protocol, seed)
+def read_faces_table(path) -> pd.DataFrame:
+    """The face stage's table with ids kept as text."""
+    return pd.read_csv(path, dtype={"image": str, "subject": str, "sequence": str,
+                                    "source_split": str},
+                       keep_default_na=False, na_values={"face_index": []})
+
+
+def make_folds(faces_table, protocol: dict, seed: int, out_path,
+               test_faces_table=None) -> pd.DataFrame:
+    """Write a protocol's split table; a protocol the data cannot satisfy is reported as
+    `<dataset>/<protocol>: ...`, read off the path (paths.FOLDS). `test_faces_table` is the
+    test dataset's face table of a cross-dataset protocol."""
+    test_faces = read_faces_table(test_faces_table) if test_faces_table else None
+    try:
+        folds = splits.make_folds(read_faces_table(faces_table), protocol, seed, test_faces)
+    except splits.ProtocolError as err:
+        study = Path(out_path).parent
+        raise splits.ProtocolError(f"{study.parent.name}/{study.name}: {err}") from None
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(out_path, index=False, lineterminator="\n")
     return folds
@@ -161,9 +176,9 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     augmented = pd.read_csv(paths["augment_table"], dtype={"subject": str}, keep_default_na=False)
     train_split = train_mod.Split.from_arrays(np.load(paths["augment_array"]),
                                               augmented["label"].map(index).to_numpy(),
-                                              spec.input_size)
+                                              spec.input_size(hp))
     faces_array = np.load(paths["faces"])
-    val_split, _ = _role_split(faces_array, folds, fold, "val", labels, spec.input_size)
+    val_split, _ = _role_split(faces_array, folds, fold, "val", labels, spec.input_size(hp))
 
     tracker = _tracker(config)
     checkpoint = Path(paths["checkpoint"])
@@ -194,7 +209,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
         fingerprint)
     Path(paths["model"]).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": study["model"], "labels": labels, "hyperparameters": hp,
-                "input_size": spec.input_size, "state_dict": best_state,
+                "input_size": spec.input_size(hp), "state_dict": best_state,
                 "best_epoch": best_epoch}, paths["model"])
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
@@ -262,7 +277,12 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, out_path, config
     folds = [read_json(p) for p in metrics_paths]
     acc_mean, acc_std = evaluate.mean_std([m["accuracy"] for m in folds])
     f1_mean, f1_std = evaluate.mean_std([m["macro_f1"] for m in folds])
-    description, independent = splits.describe(protocol)
+    # The fold table is upstream of every metrics file, so it exists; it records whether the
+    # data names real people, which decides whether the protocol is subject-independent.
+    fold_table = read_folds(path_templates.fill(path_templates.FOLDS, config,
+                                                dataset=study["dataset"],
+                                                protocol=study["protocol"]))
+    description, independent = splits.describe(protocol, bool(fold_table["identities"].all()))
     out_dir = Path(out_path).parent
     summary = {
         **{k: study[k] for k in ("dataset", "protocol", "model")},

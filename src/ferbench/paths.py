@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ferbench import splits
+
 # Dataset level: results/<dataset>/...
 RAW = "{results}/{dataset}/raw"
 MANIFEST = "{results}/{dataset}/manifest.csv"
@@ -16,6 +18,10 @@ FACES_ARRAY = "{results}/{dataset}/faces/faces.npy"
 FACES_TABLE = "{results}/{dataset}/faces/faces.csv"
 FACES_SAMPLES = "{results}/{dataset}/faces/samples.png"
 DETECTION = "{results}/{dataset}/detection.json"
+
+# Landmarks stage: 68 points per face crop, aligned row-for-row with FACES_ARRAY.
+LANDMARKS_ARRAY = "{results}/{dataset}/landmarks.npy"
+LANDMARKS_SAMPLES = "{results}/{dataset}/landmarks_samples.png"
 
 # Protocol level: results/<dataset>/<protocol>/...
 FOLDS = "{results}/{dataset}/{protocol}/folds.csv"
@@ -54,7 +60,7 @@ def studies(config: dict) -> list[Study]:
     """Expand the config's `studies:` entries into one Study per model, in config order."""
     out = []
     for entry in config["studies"]:
-        n_folds = config["protocols"][entry["protocol"]]["folds"]
+        n_folds = splits.fold_count(config["protocols"][entry["protocol"]])
         for model in entry["models"]:
             out.append(Study(entry["dataset"], entry["protocol"], model, n_folds))
     return out
@@ -77,6 +83,12 @@ def summaries(config: dict) -> list[str]:
     ]
 
 
+def test_dataset(config: dict, dataset: str, protocol: str) -> str:
+    """The dataset whose faces a study is tested on: its own, or a cross-dataset protocol's."""
+    return config["protocols"][protocol].get("test_dataset", dataset)
+
+
 def study_datasets(config: dict) -> list[str]:
-    """Datasets used by at least one study, in first-use order."""
-    return list(dict.fromkeys(s.dataset for s in studies(config)))
+    """Datasets used by at least one study (to train or to test), in first-use order."""
+    return list(dict.fromkeys(d for s in studies(config)
+                              for d in (s.dataset, test_dataset(config, s.dataset, s.protocol))))

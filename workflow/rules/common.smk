@@ -1,6 +1,6 @@
 # Shared by every rule: the validated config and the path templates of ferbench.paths.
 from ferbench import config as ferbench_config
-from ferbench import paths
+from ferbench import paths, splits
 
 config.update(ferbench_config.validate(config))
 RESULTS = config["results"]
@@ -37,8 +37,22 @@ def raw_input(wildcards):
     return path(paths.RAW, dataset=wildcards.dataset)
 
 
+def tested_faces_array(wildcards):
+    """Faces a study is tested on: its own, or a cross-dataset protocol's test_dataset."""
+    tested = paths.test_dataset(config, wildcards.dataset, wildcards.protocol)
+    return path(paths.FACES_ARRAY, dataset=tested)
+
+
+def cross_dataset_faces_table(wildcards):
+    """The test dataset's face table for a cross-dataset protocol; nothing otherwise."""
+    tested = paths.test_dataset(config, wildcards.dataset, wildcards.protocol)
+    return (
+        [] if tested == wildcards.dataset else path(paths.FACES_TABLE, dataset=tested)
+    )
+
+
 def fold_numbers(protocol):
-    return range(config["protocols"][protocol]["folds"])
+    return range(splits.fold_count(config["protocols"][protocol]))
 
 
 def report_outputs():

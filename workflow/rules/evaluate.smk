@@ -1,7 +1,7 @@
 rule evaluate:
     """Test-set metrics of one fold; closes its MLflow run with metrics and artifacts."""
     input:
-        faces=path(paths.FACES_ARRAY),
+        faces=tested_faces_array,
         folds=path(paths.FOLDS),
         model=path(paths.MODEL),
         history=path(paths.HISTORY),

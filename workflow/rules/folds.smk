@@ -1,7 +1,8 @@
 rule folds:
-    """Subject-independent stratified folds with a validation split carved by subject."""
+    """The protocol's split table (train / val / test per fold), leak-checked before writing."""
     input:
         table=path(paths.FACES_TABLE),
+        test_table=cross_dataset_faces_table,
     output:
         path(paths.FOLDS),
     log:

@@ -7,5 +7,6 @@ with logged(snakemake):
         snakemake.params.protocol,
         snakemake.params.seed,
         snakemake.output[0],
+        snakemake.input.get("test_table") or None,
     )
     print(folds.groupby(["fold", "role"]).size().to_string())
