@@ -5,6 +5,10 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# mediapipe (BlazeFace, face mesh) needs numpy<2 / protobuf<5: its worker has its own venv.
+MEDIAPIPE_VENV ?= .venv-mediapipe
+MEDIAPIPE_REQUIREMENTS := workflow/envs/mediapipe-requirements.txt
+MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
@@ -16,13 +20,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+$(MEDIAPIPE_STAMP): $(MEDIAPIPE_REQUIREMENTS)
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet -r $(MEDIAPIPE_REQUIREMENTS)
+	touch $(MEDIAPIPE_STAMP)
 
-demo: $(STAMP)
+install: $(STAMP) $(MEDIAPIPE_STAMP)
+
+demo: install
 	$(BIN)/snakemake --cores all
 	@echo "report: results/report.html   runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

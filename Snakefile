@@ -1,5 +1,6 @@
 # ferbench: facial-expression-recognition benchmark workflow.
-# Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report
+# Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report,
+# and faces -> landmarks -> report (68 points per face crop, for the AU-attention models).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -11,6 +12,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/faces.smk"
+include: "workflow/rules/landmarks.smk"
 include: "workflow/rules/folds.smk"
 include: "workflow/rules/augment.smk"
 include: "workflow/rules/train.smk"

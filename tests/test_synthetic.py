@@ -10,10 +10,11 @@ import pytest
 
 from ferbench.data import synthetic
 from ferbench.data.manifest import validate
-from ferbench.faces import HaarDetector, iou
+from ferbench.faces import EYE_POINTS, HaarDetector, iou, parse_landmarks
 
 SMALL = {"identities": 3, "repetitions": 1, "frames": 3, "progress": False}
-COLUMNS = ["image", "label", "subject", "sequence", "frame", "source_split", "gt_bbox", "gender"]
+COLUMNS = ["image", "label", "subject", "sequence", "frame", "source_split", "gt_bbox", "gender",
+           "landmarks"]
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +131,45 @@ def test_haar_cascade_finds_the_faces(small):
         boxes = detector(_gray(root, row.image))
         hits += bool(boxes) and iou(boxes[0], _box(row.gt_bbox)) >= 0.5
     assert hits / len(table) >= 0.9
+
+
+def test_landmarks_lie_inside_the_face_box(small):
+    """All 68 points sit within the gt box (grown by 5% for the jaw), in iBUG's layout."""
+    root, table = small
+    for row in table.itertuples(index=False):
+        points = parse_landmarks(row.landmarks)
+        x, y, w, h = _box(row.gt_bbox)
+        assert (points[:, 0] > x - 0.05 * w).all() and (points[:, 0] < x + 1.05 * w).all()
+        assert (points[:, 1] > y - 0.05 * h).all() and (points[:, 1] < y + 1.05 * h).all()
+        centre = lambda part: points[part].mean(0)  # noqa: E731
+        brows, eyes = centre(slice(17, 27)), centre(slice(36, 48))
+        nose_tip, mouth, chin = points[30], centre(slice(48, 68)), points[8]
+        assert brows[1] < eyes[1] < nose_tip[1] < mouth[1] < chin[1]
+        left_eye, right_eye = (centre(part) for part in EYE_POINTS)
+        assert left_eye[0] < nose_tip[0] < right_eye[0]
+
+
+def test_eye_points_lie_on_the_dark_eyes(small):
+    """Each eye contour encloses the dark iris and lids: its darkest pixels are far below skin."""
+    root, table = small
+    for row in table.itertuples(index=False):
+        gray = _gray(root, row.image)
+        points = parse_landmarks(row.landmarks)
+        x, y, w, h = _box(row.gt_bbox)
+        skin = np.median(gray[y + h // 2:y + 3 * h // 4, x + w // 3:x + 2 * w // 3])
+        for part in EYE_POINTS:
+            inside = np.zeros_like(gray)
+            cv2.fillPoly(inside, [np.rint(points[part]).astype(np.int32)], 1)
+            assert np.percentile(gray[inside > 0], 10) < 0.6 * skin, row.image
+
+
+def test_landmarks_follow_the_pose():
+    """Turning the head turns its landmarks by the same angle about the head centre."""
+    identity = synthetic.make_identity(0)
+    units = synthetic.ActionUnits()
+    upright = synthetic.Pose(centre=(100, 100), scale=50, roll=0, yaw=0, gaze=(0, 0), light=0)
+    turned = synthetic.Pose(centre=(100, 100), scale=50, roll=20, yaw=0, gaze=(0, 0), light=0)
+    a, b = (synthetic.face_landmarks(identity, units, pose) for pose in (upright, turned))
+    angle = np.radians(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    assert np.allclose((a - 100) @ rotation.T + 100, b, atol=1e-6)

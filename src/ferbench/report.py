@@ -340,16 +340,19 @@ def _iou_cells(iou: dict | None) -> list:
 
 
 def detection_section(detections: list[Path], samples: list[Path]) -> Html:
-    """What the face detector did to each dataset, and a look at the faces it produced."""
+    """What the face detector did to each dataset, and a look at the faces it produced
+    (face sheets, and landmark sheets with the 68 points drawn on the face crops)."""
     out = "<h2>3. Face detection</h2>\n"
     stats = [d for d in (_read_json(p) for p in detections) if d is not None]
     if stats:
         rows = [[d["dataset"], d["detector"], d["images"], d["detected"], d["missed"],
                  d["corrupt"], d["fallback_full_image"], d["dropped"], _pct(d["detection_rate"]),
-                 *_iou_cells(d["iou"]), f"{d['seconds']:.1f}"] for d in stats]
+                 *_iou_cells(d["iou"]), d.get("aligned", NA), f"{d['seconds']:.1f}"]
+                for d in stats]
         out += _table(["dataset", "detector", "images", "detected", "missed", "corrupt",
                        "full-image fallback", "dropped", "detection rate (%)", "IoU mean",
-                       "IoU median", "IoU ≥ 0.5 (%)", "IoU n", "seconds"], rows)
+                       "IoU median", "IoU ≥ 0.5 (%)", "IoU n", "eye-line aligned", "seconds"],
+                      rows)
     else:
         out += _note("No detection statistics were given.")
     for path in samples:

@@ -6,7 +6,9 @@ rule report:
             path(paths.DETECTION, dataset=d) for d in paths.study_datasets(config)
         ],
         samples=[
-            path(paths.FACES_SAMPLES, dataset=d) for d in paths.study_datasets(config)
+            path(template, dataset=d)
+            for d in paths.study_datasets(config)
+            for template in (paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)
         ],
     output:
         html=path(paths.REPORT),

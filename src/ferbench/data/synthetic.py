@@ -212,6 +212,12 @@ class _Canvas:
         offset = ((self.origin[0] + dx * self.scale) * _ONE, self.origin[1] * _ONE)
         return np.rint(np.asarray(xy, float) * k + offset).astype(np.int32)
 
+    def project(self, xy, shift: float) -> np.ndarray:
+        """Face-unit points (N, 2) -> float canvas pixels, for landmarks (no fixed point)."""
+        xy = np.asarray(xy, float)
+        return np.stack([(xy[:, 0] + shift) * self.scale + self.origin[0],
+                         xy[:, 1] * self.scale + self.origin[1]], 1)
+
     def pt(self, x: float, y: float, shift: float | None = None) -> tuple:
         dx = self.shift_x if shift is None else shift
         return (int(round(((x + dx) * self.scale + self.origin[0]) * _ONE)),
@@ -267,7 +273,11 @@ def _ellipse(img, canvas: _Canvas, centre, axes, colour, angle=0.0, shift=None,
 
 def head_outline(identity: Identity, jaw_drop: float, n: int = 72) -> np.ndarray:
     """Head contour: elliptic cranium, superellipse jaw that tapers to the chin and drops."""
-    theta = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return _contour(identity, jaw_drop, np.linspace(0, 2 * np.pi, n, endpoint=False))
+
+
+def _contour(identity: Identity, jaw_drop: float, theta: np.ndarray) -> np.ndarray:
+    """Points of the head contour at angles `theta` (0 = right, pi/2 = chin)."""
     c, s = np.cos(theta), np.sin(theta)
     lower = s > 0
     expo = np.where(lower, 2.0 / identity.jaw, 1.0)
@@ -350,14 +360,30 @@ def _eye_geometry(ident: Identity, au: ActionUnits, side: int):
     return ex, ey, ident.eye_size, max(upper, 0.012), max(lower, 0.008)
 
 
+def _eyelids(ident: Identity, au: ActionUnits, side: int, n: int = 12):
+    """Upper lid (inner to outer corner) and lower lid (outer to inner) as n-point curves."""
+    ex, ey, ew, up, lo = _eye_geometry(ident, au, side)
+    inner, outer = _eye_corners(ex, ey, ew, side)
+    upper = _bezier(inner, (_lid_peak_x(ex, ew, side), ey - up), outer, n)
+    lower = _bezier(outer, (ex + side * ew * 0.1, ey + lo), inner, n)
+    return upper, lower
+
+
+def _eye_corners(ex: float, ey: float, ew: float, side: int) -> tuple:
+    return (ex - side * ew, ey + 0.01), (ex + side * ew, ey - 0.005)
+
+
+def _lid_peak_x(ex: float, ew: float, side: int) -> float:
+    return ex - side * ew * 0.15
+
+
 def _draw_eye(img, canvas: _Canvas, ident: Identity, au: ActionUnits, side: int,
               gaze: tuple) -> None:
     """Sclera, iris and pupil clipped by lids, dark upper lid line, crease and cheek lines."""
     ex, ey, ew, up, lo = _eye_geometry(ident, au, side)
-    inner, outer = (ex - side * ew, ey + 0.01), (ex + side * ew, ey - 0.005)
-    peak_x = ex - side * ew * 0.15
-    upper = _bezier(inner, (peak_x, ey - up), outer)
-    lower = _bezier(outer, (ex + side * ew * 0.1, ey + lo), inner)
+    inner, outer = _eye_corners(ex, ey, ew, side)
+    peak_x = _lid_peak_x(ex, ew, side)
+    upper, lower = _eyelids(ident, au, side)
     skin = ident.skin
     _fill(img, canvas, np.vstack([upper, lower]), (225, 232, 238))
     r = ident.eye_height * 1.1
@@ -384,7 +410,7 @@ def _draw_eye(img, canvas: _Canvas, ident: Identity, au: ActionUnits, side: int,
                                    (ex + side * ew * 0.9, ey + lo + 0.04)), fold, 0.01)
 
 
-def _brow_centreline(ident: Identity, au: ActionUnits, side: int) -> np.ndarray:
+def _brow_centreline(ident: Identity, au: ActionUnits, side: int, n: int = 10) -> np.ndarray:
     """Inner, middle and outer brow points after AU1 (inner up), AU2 (outer up), AU4 (down, in)."""
     w = ident.face_width
     base = ident.eye_y - ident.eye_height - ident.brow_height + 0.03
@@ -395,7 +421,7 @@ def _brow_centreline(ident: Identity, au: ActionUnits, side: int) -> np.ndarray:
     mid_y = base - 0.035 - 0.04 * au.au1 - 0.09 * au.au2 + lower
     outer_y = base + 0.01 - 0.02 * au.au1 - 0.1 * au.au2 + 0.5 * lower
     mid_x = 0.45 * inner_x + 0.55 * outer_x
-    return _bezier((inner_x, inner_y), (mid_x, mid_y), (outer_x, outer_y), 10)
+    return _bezier((inner_x, inner_y), (mid_x, mid_y), (outer_x, outer_y), n)
 
 
 def _draw_brows(img, canvas: _Canvas, ident: Identity, au: ActionUnits) -> None:
@@ -421,10 +447,15 @@ def _draw_brows(img, canvas: _Canvas, ident: Identity, au: ActionUnits) -> None:
             _line(img, canvas, _bezier((-0.25, y), (0, y - 0.02), (0.25, y)), tone, 0.008)
 
 
+def _nose_geometry(ident: Identity, au: ActionUnits) -> tuple:
+    """Height of the nose tip and the nose's width; AU9/AU10 lift and widen it."""
+    tip_y = ident.eye_y + ident.nose_length - 0.02 * au.au9 - 0.01 * au.au10
+    return tip_y, ident.nose_width * (1.0 + 0.15 * au.au9 + 0.1 * au.au10)
+
+
 def _draw_nose(img, canvas: _Canvas, ident: Identity, au: ActionUnits, yaw_shift: float) -> None:
     """Nose wings, tip and nostrils; AU9 adds wrinkles across the bridge and lifts the wings."""
-    tip_y = ident.eye_y + ident.nose_length - 0.02 * au.au9 - 0.01 * au.au10
-    nw = ident.nose_width * (1.0 + 0.15 * au.au9 + 0.1 * au.au10)
+    tip_y, nw = _nose_geometry(ident, au)
     shift = canvas.shift_x + yaw_shift
     skin = ident.skin
     _ellipse(img, canvas, (0, tip_y - 0.01), (nw * 0.45, 0.05), _shade(skin, 1.06), shift=shift)
@@ -453,16 +484,29 @@ def _mouth_shape(ident: Identity, au: ActionUnits):
     return width, corner, opening, lip
 
 
+def _mouth_y(ident: Identity, au: ActionUnits) -> float:
+    """Height of the mouth centre; the jaw drop (AU26/27) pulls it down."""
+    return ident.mouth_y + 0.06 * au.au26 + 0.05 * au.au27
+
+
+def _lips(ident: Identity, au: ActionUnits, n: int = 16):
+    """Outer and inner lip curves: upper ones left to right, lower ones right to left."""
+    width, corner, opening, lip = _mouth_shape(ident, au)
+    my = _mouth_y(ident, au)
+    top_in, bottom_in = my - 0.3 * opening - 0.02 * au.au10, my + 0.7 * opening
+    left, right = (-width, my + corner), (width, my + corner)
+    up_out = _bezier(left, (0, top_in - lip * 1.1), right, n)
+    up_in = _bezier(left, (0, top_in), right, n)
+    lo_in = _bezier(right, (0, bottom_in), left, n)
+    lo_out = _bezier(right, (0, bottom_in + lip * 1.3), left, n)
+    return up_out, up_in, lo_in, lo_out
+
+
 def _draw_mouth(img, canvas: _Canvas, ident: Identity, au: ActionUnits) -> None:
     """Lips from two pairs of curves through the corners; dark cavity and teeth when open."""
     width, corner, opening, lip = _mouth_shape(ident, au)
-    my = ident.mouth_y + 0.06 * au.au26 + 0.05 * au.au27
-    top_in, bottom_in = my - 0.3 * opening - 0.02 * au.au10, my + 0.7 * opening
-    left, right = (-width, my + corner), (width, my + corner)
-    up_out = _bezier(left, (0, top_in - lip * 1.1), right, 16)
-    up_in = _bezier(left, (0, top_in), right, 16)
-    lo_in = _bezier(right, (0, bottom_in), left, 16)
-    lo_out = _bezier(right, (0, bottom_in + lip * 1.3), left, 16)
+    my = _mouth_y(ident, au)
+    up_out, up_in, lo_in, lo_out = _lips(ident, au)
     skin = ident.skin
     fold = _mix(skin, _shade(skin, 0.6), min(1.0, max(au.au12, au.au10, 0.25 * au.au20)))
     for side in (-1, 1):  # nasolabial folds deepen with smiling and upper-lip raising
@@ -512,19 +556,24 @@ def _shading(ident: Identity, au: ActionUnits, canvas: _Canvas, outline, light: 
     return shade * (1.0 + 0.14 * light * np.clip(xs, -1.2, 1.2))[None, :]
 
 
+def _face_canvas(ident: Identity, pose: Pose) -> tuple:
+    """The face's own canvas at the pose's scale and yaw, and its (width, height)."""
+    scale = pose.scale
+    half_w, top, bottom = 1.35 * ident.face_width, 1.45, 1.55
+    width = int(math.ceil(2 * half_w * scale)) + 4
+    height = int(math.ceil((top + bottom) * scale)) + 4
+    origin = (width / 2.0, top * scale + 2)
+    return _Canvas(scale, origin, 0.07 * pose.yaw * ident.face_width), (width, height)
+
+
 def render_face(ident: Identity, au: ActionUnits, pose: Pose):
     """Draw one face on its own canvas at the pose's scale.
 
     Returns (bgr uint8 canvas, float alpha mask, canvas origin in pixels). Rotation and
     placement happen later, in `place_face`.
     """
-    scale = pose.scale
-    half_w, top, bottom = 1.35 * ident.face_width, 1.45, 1.55
-    width = int(math.ceil(2 * half_w * scale)) + 4
-    height = int(math.ceil((top + bottom) * scale)) + 4
-    origin = (width / 2.0, top * scale + 2)
-    yaw_shift = 0.07 * pose.yaw * ident.face_width
-    canvas = _Canvas(scale, origin, yaw_shift)
+    canvas, (width, height) = _face_canvas(ident, pose)
+    scale, origin, yaw_shift = canvas.scale, canvas.origin, canvas.shift_x
     img = np.zeros((height, width, 3), np.uint8)
     mask = np.zeros((height, width), np.uint8)
     _draw_back_hair(img, mask, canvas, ident)
@@ -541,6 +590,48 @@ def render_face(ident: Identity, au: ActionUnits, pose: Pose):
     fade = int(origin[1] + 1.2 * scale)  # the neck fades out instead of ending in a cut
     alpha[fade:] *= np.linspace(1, 0, height - fade, dtype=np.float32)[:, None]
     return img, alpha, origin
+
+
+def face_landmarks(ident: Identity, au: ActionUnits, pose: Pose) -> np.ndarray:
+    """The drawn face's 68 iBUG 300-W points, (68, 2) image pixels (x, y), pixel centres at
+    integers (OpenCV's drawing convention).
+
+    Jaw 0-16 (image left to right around the chin), brows 17-26 (along their centrelines,
+    image left to right), nose bridge 27-30 and base 31-35, eyes 36-47 (each from its image-left
+    corner, clockwise: upper lid, right corner, lower lid) and mouth 48-67 (outer lip from the
+    left corner clockwise, then the inner lip). Each point is taken from the very curve the
+    renderer draws, so it is exact up to the drawing's antialiasing.
+    """
+    canvas, _ = _face_canvas(ident, pose)
+    interior, nose_shift = canvas.shift_x, 1.5 * canvas.shift_x  # as render_face shifts them
+    jaw = _contour(ident, au.au26 + 0.6 * au.au27, np.linspace(np.pi, 0.0, 17))
+    brows = np.vstack([_brow_centreline(ident, au, -1, 5)[::-1],
+                       _brow_centreline(ident, au, 1, 5)])
+    ey = _eye_geometry(ident, au, 1)[1]
+    tip_y, nw = _nose_geometry(ident, au)
+    bridge = np.stack([np.zeros(4), np.linspace(ey, tip_y, 4)], 1)
+    base = [(-nw * 0.5, tip_y + 0.03), (-nw * 0.35, tip_y + 0.04), (0.0, tip_y + 0.04),
+            (nw * 0.35, tip_y + 0.04), (nw * 0.5, tip_y + 0.03)]
+    eyes = []
+    for side in (-1, 1):
+        upper, lower = _eyelids(ident, au, side, 4)  # corners and the lids' thirds
+        if side < 0:  # walk both lids from the image-left corner, as for the other eye
+            upper, lower = upper[::-1], lower[::-1]
+        eyes.append(np.vstack([upper, lower[1:3]]))
+    up_out, _, _, lo_out = _lips(ident, au, 7)
+    _, up_in, lo_in, _ = _lips(ident, au, 5)
+    mouth = np.vstack([up_out, lo_out[1:6], up_in, lo_in[1:4]])
+    canvas_points = np.vstack([
+        canvas.project(jaw, 0.0), canvas.project(brows, interior),
+        canvas.project(np.vstack([bridge, base]), nose_shift),
+        canvas.project(np.vstack(eyes + [mouth]), interior)])
+    matrix = _affine(pose, canvas.origin)
+    return canvas_points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def landmarks_text(points: np.ndarray) -> str:
+    """`x0 y0 x1 y1 ...` with two decimals: the manifest's `landmarks` format."""
+    return " ".join(f"{v:.2f}" for v in np.asarray(points, float).ravel())
 
 
 def _affine(pose: Pose, origin: tuple) -> np.ndarray:
@@ -712,7 +803,7 @@ def _jitter_pose(pose: Pose, rng: np.random.Generator) -> Pose:
 
 def render_sequence(ident: Identity, expression: str, rep: int, frames: int, size: tuple,
                     seed: int):
-    """Yield (frame index, BGR image, gt box) for one neutral-to-apex sequence."""
+    """Yield (frame index, BGR image, gt box, 68 landmarks) for one neutral-to-apex sequence."""
     rng = _rng(seed, ident.name, expression, rep)
     apex = sequence_units(ident, expression, rng)
     pose = sample_pose(rng, ident, size)
@@ -723,10 +814,12 @@ def render_sequence(ident: Identity, expression: str, rep: int, frames: int, siz
         frame_rng = _rng(seed, ident.name, expression, rep, f)
         t = ease((f - 1) / max(frames - 1, 1))
         frame_pose = _jitter_pose(pose, frame_rng)
-        face, alpha, origin = render_face(ident, blend(apex, t), frame_pose)
+        units = blend(apex, t)
+        face, alpha, origin = render_face(ident, units, frame_pose)
         composite = scene.copy()
         place_face(composite, face, alpha, origin, frame_pose)
-        yield f, photometric(composite, light, frame_rng, noise_field), face_box(ident, frame_pose)
+        yield (f, photometric(composite, light, frame_rng, noise_field),
+               face_box(ident, frame_pose), face_landmarks(ident, units, frame_pose))
 
 
 def generate(root: Path, *, identities: int = 12, repetitions: int = 4, frames: int = 6,
@@ -736,6 +829,7 @@ def generate(root: Path, *, identities: int = 12, repetitions: int = 4, frames: 
 
     Layout: root/<subject>/<subject>_<expression>_r<rep>/<..>_f<frame:02d>.png, with
     frame_size = (width, height). Same arguments -> byte-identical files and manifest.
+    The manifest's `landmarks` column holds each face's 68 points (`face_landmarks`).
     """
     root = Path(root)
     size = (int(frame_size[0]), int(frame_size[1]))
@@ -749,18 +843,19 @@ def generate(root: Path, *, identities: int = 12, repetitions: int = 4, frames: 
                 sequence = f"{expression}_r{rep}"
                 folder = root / ident.name / f"{ident.name}_{sequence}"
                 folder.mkdir(parents=True, exist_ok=True)
-                for f, image, box in render_sequence(ident, expression, rep, frames, size, seed):
+                for f, image, box, points in render_sequence(ident, expression, rep, frames,
+                                                             size, seed):
                     name = f"{ident.name}_{sequence}_f{f:02d}.png"
                     cv2.imwrite(str(folder / name), image)
                     rows.append({"image": f"{ident.name}/{ident.name}_{sequence}/{name}",
                                  "label": expression, "subject": ident.name,
                                  "sequence": sequence, "frame": f, "source_split": "all",
                                  "gt_bbox": " ".join(map(str, _clip_box(box, size))),
-                                 "gender": ident.gender})
+                                 "gender": ident.gender, "landmarks": landmarks_text(points)})
                     bar.update()
     bar.close()
     return pd.DataFrame(rows, columns=["image", "label", "subject", "sequence", "frame",
-                                       "source_split", "gt_bbox", "gender"])
+                                       "source_split", "gt_bbox", "gender", "landmarks"])
 
 
 def _clip_box(box: tuple, size: tuple) -> tuple:

@@ -1,0 +1,101 @@
+"""The face stage's eye-line alignment: level eyes, a crop transform that matches the pixels,
+byte-identical output."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from ferbench import faces
+from ferbench.data import synthetic
+
+ROLL = 12.0
+OPTIONS = faces.FaceOptions(size=96)
+
+
+def rotated_face(root, roll: float = ROLL) -> pd.DataFrame:
+    """One synthetic face turned by `roll` degrees on a plain frame, as a one-row manifest."""
+    identity = synthetic.make_identity(1)
+    pose = synthetic.Pose(centre=(160, 120), scale=60, roll=roll, yaw=0, gaze=(0, 0), light=0)
+    units = synthetic.ActionUnits()
+    face, alpha, origin = synthetic.render_face(identity, units, pose)
+    frame = np.full((240, 320, 3), 128, np.float32)
+    synthetic.place_face(frame, face, alpha, origin, pose)
+    cv2.imwrite(str(root / "face.png"), frame.astype(np.uint8))
+    points = synthetic.face_landmarks(identity, units, pose)
+    return pd.DataFrame([{"image": "face.png", "label": "neutral", "subject": "s", "sequence": "q",
+                          "frame": 1, "source_split": "all",
+                          "gt_bbox": " ".join(map(str, synthetic.face_box(identity, pose))),
+                          "landmarks": synthetic.landmarks_text(points)}])
+
+
+def crop_tilt(table: pd.DataFrame, manifest: pd.DataFrame) -> float:
+    """Eye-line angle (degrees) of the true landmarks moved into the face crop."""
+    transform = np.array(table["crop_transform"].iloc[0].split(), float).reshape(2, 3)
+    points = faces.parse_landmarks(manifest["landmarks"].iloc[0])
+    return faces.eye_line_angle(faces.landmark_eyes(faces.apply_transform(transform, points)))
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    return rotated_face(tmp_path)
+
+
+def test_the_eye_line_is_level_after_alignment_from_landmarks(tmp_path, manifest):
+    _, unaligned, _ = faces.extract_faces(manifest, tmp_path, replace(OPTIONS, align=False),
+                                          progress=False)
+    _, aligned, stats = faces.extract_faces(manifest, tmp_path, OPTIONS, progress=False)
+    assert unaligned["outcome"].iloc[0] == "detected"
+    assert abs(crop_tilt(unaligned, manifest) - ROLL) < 0.5
+    assert abs(crop_tilt(aligned, manifest)) < 0.1
+    row = aligned.iloc[0]
+    assert row["aligned"] and row["align_source"] == "landmarks"
+    assert abs(row["align_angle"] - ROLL) < 0.5
+    assert stats["aligned"] == 1 and stats["aligned_by"] == {"landmarks": 1}
+
+
+def test_haar_eyes_level_a_face_without_landmarks(tmp_path, manifest):
+    bare = manifest.assign(landmarks="")
+    _, table, _ = faces.extract_faces(bare, tmp_path, OPTIONS, progress=False)
+    assert table["align_source"].iloc[0] == "haar-eyes"
+    assert abs(crop_tilt(table, manifest)) < 3.0  # was 12 degrees
+
+
+def test_the_crop_transform_moves_points_with_the_pixels(tmp_path, manifest):
+    """The moved eye centres land on the dark irises of the aligned crop."""
+    crops, table, _ = faces.extract_faces(manifest, tmp_path, replace(OPTIONS, normalise="none"),
+                                          progress=False)
+    transform = np.array(table["crop_transform"].iloc[0].split(), float).reshape(2, 3)
+    points = faces.apply_transform(transform, faces.parse_landmarks(manifest["landmarks"][0]))
+    crop = crops[0].astype(float)
+    for x, y in faces.landmark_eyes(points):
+        x, y = int(round(x)), int(round(y))
+        assert crop[y - 1:y + 2, x - 1:x + 2].mean() < 0.6 * np.median(crop)
+
+
+def test_alignment_is_byte_deterministic(tmp_path, manifest):
+    bare = manifest.assign(landmarks="")
+    first = faces.extract_faces(bare, tmp_path, OPTIONS, progress=False)
+    second = faces.extract_faces(bare, tmp_path, OPTIONS, progress=False)
+    assert first[0].tobytes() == second[0].tobytes()
+    assert first[1].equals(second[1])
+
+
+def test_without_two_eyes_the_face_is_not_turned(tmp_path):
+    cv2.imwrite(str(tmp_path / "blank.png"), np.full((120, 160, 3), 90, np.uint8))
+    manifest = pd.DataFrame([{"image": "blank.png", "label": "neutral", "subject": "s",
+                              "sequence": "q", "frame": 1, "source_split": "all"}])
+    options = replace(OPTIONS, detector="none")
+    _, table, stats = faces.extract_faces(manifest, tmp_path, options, progress=False)
+    assert not table["aligned"].iloc[0] and table["align_angle"].iloc[0] == 0.0
+    assert stats["aligned"] == 0 and stats["align_angle_abs_mean"] is None
+
+
+def test_the_angle_is_positive_when_the_right_eye_sits_lower():
+    """Positive angles turn counter-clockwise in OpenCV, which levels such an eye line."""
+    assert faces.eye_line_angle(((0, 0), (10, 0))) == 0.0
+    assert faces.eye_line_angle(((0, 0), (10, 10))) == pytest.approx(45.0)
