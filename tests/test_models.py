@@ -33,7 +33,8 @@ def test_cross_entropy_fc_l2_matches_eq1():
 def test_models_map_a_batch_to_logits(name):
     spec = get(name)
     model = spec.build(7, spec.hyperparameters())
-    out = model(torch.zeros(3, 1, spec.input_size, spec.input_size))
+    channels = 1 + len(getattr(model, "extra_channels", ()))
+    out = model.eval()(torch.zeros(3, channels, spec.input_size(), spec.input_size()))
     assert out.shape == (3, 7)
     assert parameter_count(model) > 10_000
 

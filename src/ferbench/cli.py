@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 
@@ -47,9 +48,11 @@ def _models(args) -> int:
     print(f"{'model':<14} {'input':>9} {'params':>11}  paper")
     for name, spec in REGISTRY.items():
         model = spec.build(args.classes, spec.hyperparameters())
+        side = spec.input_size()
+        channels = 1 + len(getattr(model, "extra_channels", ()))  # face + e.g. an AU map
         with torch.no_grad():
-            out = model.eval()(torch.zeros(1, 1, spec.input_size, spec.input_size))
-        size = f"1x{spec.input_size}x{spec.input_size}"
+            out = model.eval()(torch.zeros(1, channels, side, side))
+        size = f"{channels}x{side}x{side}"
         print(f"{name:<14} {size:>9} {parameter_count(model):>11,}  {spec.paper}"
               f"  -> {tuple(out.shape)}")
     return 0
@@ -72,16 +75,31 @@ def _dvc_yaml(args) -> int:
     return 0
 
 
+def _adapter_layouts() -> str:
+    """Every registered adapter with the layout it reads, so `manifest --help` cannot drift
+    from the registry."""
+    from ferbench.data.adapters import ADAPTERS
+
+    entries = (textwrap.fill(f"{name}: {reader.LAYOUT}", width=92, initial_indent="  ",
+                             subsequent_indent="      ", break_on_hyphens=False,
+                             break_long_words=False)
+               for name, reader in sorted(ADAPTERS.items()))
+    return "adapters and the native layouts they read:\n" + "\n".join(entries)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ferbench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("manifest", help="read a dataset in its native layout and print counts")
-    p.add_argument("adapter", help="dataset adapter (e.g. folder, csv, synthetic)")
+    p = sub.add_parser("manifest", help="read a dataset in its native layout and print counts",
+                       epilog=_adapter_layouts(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("adapter", help="dataset adapter, one of those listed below")
     p.add_argument("root", help="the dataset's root folder, as its owners ship it")
     p.add_argument("-o", "--output", help="write the manifest CSV here")
-    p.add_argument("--options", help="adapter options as JSON, e.g. '{\"pattern\": \"...\"}'")
+    p.add_argument("--options", help="adapter options as JSON, e.g. '{\"images\": \"original\"}' "
+                                     "for rafdb or '{\"modality\": \"NI\"}' for oulu_casia")
     p.set_defaults(func=_manifest)
 
     p = sub.add_parser("models", help="list registered models with input size and parameters")

@@ -72,6 +72,17 @@ def make_optimizer(model: torch.nn.Module, hp: dict) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}")
 
 
+def scheduled_lr(hp: dict, epoch: int) -> float:
+    """lr of a (1-based) epoch: x `lr_decay` every `lr_step` epochs (MobileNet-CL §5).
+
+    Models without `lr_decay` keep a constant lr. A function of the epoch alone, so a
+    resumed run continues the schedule with nothing extra in the checkpoint.
+    """
+    if "lr_decay" not in hp:
+        return hp["lr"]
+    return hp["lr"] * hp["lr_decay"] ** ((epoch - 1) // hp["lr_step"])
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 256):
     """Class probabilities for a split, in order."""
@@ -131,11 +142,14 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         # The job's log says so: after a kill, the epochs before this one are not retrained.
         print(f"resumed from epoch {state['epoch']} of {hp['epochs']} ({checkpoint})",
               flush=True)
+    model.prepare(train.images, train.targets)  # after a resume too: caches are not saved
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
                disable=not progress)
     while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:
         epoch = state["epoch"] + 1
         start = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(hp, epoch)
         train_loss, train_acc = _train_epoch(model, optimizer, hp, train, device, seed, epoch)
         val_loss, val_acc = evaluate_loss(model, val, device)
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,

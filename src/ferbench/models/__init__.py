@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ferbench.models import deep_emotion, deepfer
+from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, mobilenet
 
 
 @dataclass(frozen=True)
@@ -21,12 +21,16 @@ class ModelSpec:
     defaults: dict = field(default_factory=dict)
     paper: str = ""
 
-    @property
-    def input_size(self) -> int:
-        return self.cls.input_size
+    def input_size(self, hyperparameters: dict | None = None) -> int:
+        """Side of the square input: the paper's, unless the config overrides `input_size`."""
+        return self.hyperparameters(hyperparameters)["input_size"]
 
     def hyperparameters(self, overrides: dict | None = None) -> dict:
         """Paper defaults updated by the config's `models.<name>` block."""
+        unknown = sorted(set(overrides or {}) - set(self.defaults))
+        if unknown:
+            raise KeyError(f"model {self.name!r} has no hyperparameter {', '.join(unknown)} "
+                           f"(it has: {', '.join(sorted(self.defaults))})")
         return {**self.defaults, **(overrides or {})}
 
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
@@ -38,6 +42,21 @@ REGISTRY: dict[str, ModelSpec] = {
                          "deepfer-attentional-cnn.txt"),
     "deep_emotion": ModelSpec("deep_emotion", deep_emotion.DeepEmotion, deep_emotion.DEFAULTS,
                               "Minaee & Abdolrashidi 2019 (DeepFER's baseline)"),
+    "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS, "dam-cnn-serd-mpvs.txt"),
+    "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
+                              "mobilenet-center-loss-realtime-fer.txt"),
+    "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
+                           "e2-capsnet-au-attention.txt"),
+    "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,
+                           "de-capsnet-privacy-preserving-fer.txt"),
+    "vgg16": ModelSpec("vgg16", capsnet.VGG16, capsnet.CLASSIFIER_DEFAULTS,
+                       "e2-capsnet-au-attention.txt (Table 1 ablation)"),
+    "capsnet": ModelSpec("capsnet", capsnet.CapsNet, capsnet.SABOUR_DEFAULTS,
+                         "Sabour et al. 2017 (E2-Capsnet Table 1 ablation)"),
+    "avggnet": ModelSpec("avggnet", capsnet.AVGGNet, capsnet.CLASSIFIER_DEFAULTS,
+                         "e2-capsnet-au-attention.txt (Table 1 ablation)"),
+    "rccnet": ModelSpec("rccnet", capsnet.RCCNet, capsnet.CAPSULE_DEFAULTS,
+                        "e2-capsnet-au-attention.txt (Table 1 ablation)"),
 }
 
 

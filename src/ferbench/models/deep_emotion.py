@@ -22,22 +22,23 @@ DEFAULTS = {
     "patience": 10,
     "dropout": 0.5,
     "l2_lambda": 1e-3,
+    "input_size": 48,
 }
 
 
 class DeepEmotion(FERModel):
-    input_size = 48
-
-    def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-3, **_):
+    def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-3,
+                 input_size: int = 48, **_):
         super().__init__()
         self.l2_lambda = l2_lambda
-        self.stn = SpatialTransformer(1, self.input_size)
+        self.stn = SpatialTransformer(1, input_size)
+        side = ((input_size - 4) // 2 - 4) // 2  # two (conv3, conv3, pool2) blocks, no padding
         self.features = nn.Sequential(
             nn.Conv2d(1, 10, 3), nn.Conv2d(10, 10, 3), nn.MaxPool2d(2), nn.ReLU(True),
             nn.Conv2d(10, 10, 3), nn.Conv2d(10, 10, 3), nn.MaxPool2d(2), nn.ReLU(True),
             nn.Dropout(dropout),
         )
-        self.fc1 = nn.Linear(10 * 9 * 9, 50)
+        self.fc1 = nn.Linear(10 * side * side, 50)
         self.fc2 = nn.Linear(50, num_classes)
 
     def forward(self, x):

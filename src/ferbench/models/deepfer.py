@@ -33,6 +33,7 @@ DEFAULTS = {
     "dropout": 0.5,
     "l2_lambda": 1e-4,
     "width": 1.0,
+    "input_size": 48,
 }
 
 
@@ -41,14 +42,16 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
 
 
 class DeepFER(FERModel):
-    input_size = 48
-
     def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-4,
-                 width: float = 1.0, **_):
+                 width: float = 1.0, input_size: int = 48, **_):
         super().__init__()
+        if input_size % 8:
+            raise ValueError(f"deepfer needs an input size divisible by 8 (three 2x2 pools), "
+                             f"got {input_size}")
         self.l2_lambda = l2_lambda
         c1, c2, c3, c4 = (max(4, int(round(c * width))) for c in (32, 64, 128, 256))
-        self.stn = SpatialTransformer(1, self.input_size)
+        side = input_size // 8
+        self.stn = SpatialTransformer(1, input_size)
         self.features = nn.Sequential(
             _conv(1, c1), _conv(c1, c1), nn.MaxPool2d(2), nn.ReLU(True),     # 48 -> 24
             _conv(c1, c2), _conv(c2, c2), nn.MaxPool2d(2), nn.ReLU(True),    # 24 -> 12
@@ -57,7 +60,7 @@ class DeepFER(FERModel):
             nn.Dropout(dropout),
         )
         self.fc = nn.ModuleList([
-            nn.Linear(c4 * 6 * 6, 256), nn.Linear(256, 128), nn.Linear(128, 64),
+            nn.Linear(c4 * side * side, 256), nn.Linear(256, 128), nn.Linear(128, 64),
             nn.Linear(64, num_classes),
         ])
         for layer in [*self.features, *self.fc]:

@@ -1,0 +1,254 @@
+"""DAM-CNN (Xie, Hu & Wu 2019), read beside `papers/dam-cnn-serd-mpvs.txt`.
+
+VGG-Face conv trunk (VGG16 layout, Table 1) -> SERD, an attentive mask over the last pooled
+feature map (Eq. 1-3) -> MPVS-Net, a multi-path autoencoder whose code feeds two FC layers
+(Eq. 6-11). The paper trains in two steps (Algorithm 1), here the hyperparameter `step`:
+
+1. VGG-SERD: trunk + SERD + VGG's FC classifier (last layer re-initialised for K classes),
+   fine-tuned on Eq. 4 = cross-entropy + L_reg.
+2. DAM-CNN: the trunk and SERD come from step 1's `model.pt` (`init_from`) and are frozen; the
+   FC classifier is replaced by MPVS-Net, trained on Eq. 11 (sum of reconstruction losses +
+   lambda x cross-entropy) with the FC layers on cross-entropy alone (Eq. 10).
+
+VGG-Face weights (`pretrained`, a path or URL checked against `pretrained_sha256`) start
+step 1's trunk; without them it starts from random init. Step 2 takes all of its trunk and
+SERD from `init_from`.
+
+Decisions where the paper is silent: it names learning rates only (alpha_S = 1e-5 for
+VGG-SERD, alpha_M = alpha_fc = 1e-4 for MPVS-Net), so DEFAULTS take SGD with momentum 0.9 (the
+usual fine-tuning of a Caffe-era VGG), batch 32, and up to 50 epochs with early stopping on
+the validation split for "until the loss converges". `lr` defaults to step 1's 1e-5; a step-2
+job sets it to 1e-4. Dropout 0.5 acts on the MPAE code and after every hidden FC layer.
+`width` scales the trunk's channels and the 4096-wide layers alike, and the flattened feature
+size (512 x 7 x 7 = 25088 at 224) follows from `input_size` and `width`, so tests run tiny.
+
+Gender-bound decoders (the paper's DAM-CNN-g, Section 4.3.2: two decoders, each reconstructing
+a same-class sample of one gender) are not implemented: the manifest's `gender` column stops
+at the faces table. It needs the augment table to carry `gender`, `train.Split` to hold it
+and `fit` to pass it to `prepare`, where the class index below would become a (class, gender)
+index with decoder j drawing from gender j.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ferbench.models.base import FERModel
+from ferbench.models.losses import mpae_reconstruction, serd_regulariser
+from ferbench.models.vgg import VGGTrunk, load_pretrained, scaled_channels
+
+DEFAULTS = {
+    "step": 1,
+    "init_from": "",
+    "pretrained": "",
+    "pretrained_sha256": "",
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "lr": 1e-5,
+    "weight_decay": 0.0,
+    "batch_size": 32,
+    "epochs": 50,
+    "patience": 10,
+    "dropout": 0.5,
+    "decoders": 5,
+    "lambda_ce": 20.0,
+    "gamma1": 1e-3,
+    "gamma2": 1e-4,
+    "width": 1.0,
+    "input_size": 224,
+}
+
+#: Images per trunk pass when `prepare` caches the training split's salient features.
+PREPARE_BATCH = 64
+
+
+class SERD(nn.Module):
+    """Salient Expressional Region Descriptor: which positions of the feature map matter.
+
+    M = tanh(W_a * h_c + B_a) with a 1x1 kernel over all channels (Eq. 1), so each weight
+    judges one image region; h_s = ReLU(M . h_c) (Eq. 2) drops regions with negative weight.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.attention = nn.Conv2d(channels, 1, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(salient features h_s, mask M) of trunk features h_c."""
+        mask = torch.tanh(self.attention(features))
+        return torch.relu(mask * features), mask
+
+
+class MPVSNet(nn.Module):
+    """Multi-Path Variation-Suppressing Network: MPAE encoder + N decoders, then two FC layers.
+
+    The encoder's code h = sig(W_E s + B_E) (Eq. 6) must let every decoder
+    s_hat^j = sig(V^j h + B_D^j) (Eq. 7) rebuild a *different* sample of the same class, so it
+    keeps the expression and drops the variations; it also feeds FC-ReLU-FC for the scores.
+    """
+
+    def __init__(self, features: int, hidden: int, decoders: int, num_classes: int,
+                 dropout: float):
+        super().__init__()
+        self.encoder = nn.Linear(features, hidden)
+        self.decoders = nn.ModuleList(nn.Linear(hidden, features) for _ in range(decoders))
+        self.fc = nn.Linear(hidden, hidden)
+        self.classifier = nn.Linear(hidden, num_classes)
+        self.dropout = nn.Dropout(dropout)
+
+    def encode(self, salient: torch.Tensor) -> torch.Tensor:
+        """Eq. 6 on flattened salient features (B, D) -> code (B, hidden)."""
+        return self.dropout(torch.sigmoid(self.encoder(salient)))
+
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """Eq. 7 for every decoder: (N, B, D)."""
+        return torch.stack([torch.sigmoid(decoder(code)) for decoder in self.decoders])
+
+    def classify(self, code: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(torch.relu(self.fc(code))))
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by `factor`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, factor: float) -> torch.Tensor:
+        ctx.factor = factor
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.factor, None
+
+
+class DAMCNN(FERModel):
+    def __init__(self, num_classes: int, step: int = 1, init_from: str = "",
+                 pretrained: str = "", pretrained_sha256: str = "", decoders: int = 5,
+                 lambda_ce: float = 20.0, gamma1: float = 1e-3, gamma2: float = 1e-4,
+                 dropout: float = 0.5, width: float = 1.0, input_size: int = 224, **_):
+        super().__init__()
+        if step not in (1, 2):
+            raise ValueError(f"damcnn step must be 1 (VGG-SERD) or 2 (MPVS-Net), got {step!r}")
+        if input_size % 32:
+            raise ValueError(f"damcnn needs an input size divisible by 32 (five 2x2 pools), "
+                             f"got {input_size}")
+        if decoders < 1:
+            raise ValueError(f"MPVS-Net needs at least one decoder, got {decoders}")
+        if step == 2 and not init_from:
+            raise ValueError("damcnn step 2 trains MPVS-Net on the frozen VGG-SERD of step 1: "
+                             "set init_from to step 1's model.pt")
+        self.step, self.num_classes = step, num_classes
+        self.lambda_ce, self.gamma1, self.gamma2 = lambda_ce, gamma1, gamma2
+        self.trunk = VGGTrunk("vgg16", in_channels=1, width=width)
+        self.serd = SERD(self.trunk.out_channels)
+        features = self.trunk.out_channels * (input_size // 32) ** 2
+        hidden = scaled_channels(4096, width)
+        if step == 1:
+            # VGG-Face's fc6-fc8, the last one sized for the K expressions.
+            self.head = nn.Sequential(
+                nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+                nn.Linear(hidden, num_classes))
+            if pretrained:
+                load_pretrained(self.trunk, pretrained, pretrained_sha256)
+        else:
+            self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
+            self._load_vgg_serd(init_from)
+            for frozen in (self.trunk, self.serd):
+                frozen.requires_grad_(False)
+        self._target_features: torch.Tensor | None = None
+
+    def _load_vgg_serd(self, path: str) -> None:
+        """Trunk and SERD weights from a step-1 `model.pt` (jobs.train_fold's format)."""
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("model") != "damcnn" or saved.get("hyperparameters", {}).get("step") != 1:
+            raise ValueError(f"{path} is not a damcnn step-1 (VGG-SERD) model")
+        for name in ("trunk", "serd"):
+            prefix = f"{name}."
+            getattr(self, name).load_state_dict(
+                {key[len(prefix):]: value for key, value in saved["state_dict"].items()
+                 if key.startswith(prefix)})
+
+    def salient_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h_s flattened to (B, D), mask M (B, 1, s, s)): the trunk and SERD (Eq. 1-2)."""
+        salient, mask = self.serd(self.trunk(x))
+        return salient.flatten(1), mask
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """SERD's mask resized bilinearly to the input, as the paper's heatmaps (Fig. 8)."""
+        _, mask = self.salient_features(x)
+        return F.interpolate(mask, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        salient, _ = self.salient_features(x)
+        if self.step == 1:
+            return self.head(salient)
+        return self.mpvs.classify(self.mpvs.encode(salient))
+
+    def objective(self, x: torch.Tensor, targets: torch.Tensor):
+        """Step 1: Eq. 4. Step 2: Eq. 11 for the MPAE and Eq. 10 for the FC layers."""
+        salient, mask = self.salient_features(x)
+        if self.step == 1:
+            logits = self.head(salient)
+            loss = F.cross_entropy(logits, targets) + serd_regulariser(mask, self.gamma1,
+                                                                       self.gamma2)
+            return loss, logits
+        code = self.mpvs.encode(salient)
+        # The code passes lambda x the cross-entropy's gradient back to the MPAE (Eq. 11)
+        # while the FC layers learn from the plain cross-entropy (Eq. 10).
+        logits = self.mpvs.classify(_ScaleGradient.apply(code, self.lambda_ce))
+        cross_entropy = F.cross_entropy(logits, targets)
+        reconstruction = mpae_reconstruction(self.mpvs.decode(code),
+                                             self.reconstruction_targets(targets).to(code.device))
+        # Reported value: Eq. 11's J_all + lambda L_ce; the detached part adds no gradient.
+        loss = reconstruction + cross_entropy + (self.lambda_ce - 1) * cross_entropy.detach()
+        return loss, logits
+
+    def prepare(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+        """Step 2: cache every training sample's salient features, grouped by class.
+
+        Trunk and SERD are frozen, so these are the decoders' fixed targets s_i^j (the paper
+        stores them before step 2). They stay on the CPU (N x D floats) and are not saved.
+        """
+        if self.step == 1:
+            return
+        from ferbench.train import as_input  # train imports the model registry
+
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            self._target_features = torch.cat([
+                self.salient_features(as_input(images[start:start + PREPARE_BATCH], device))[0]
+                .cpu() for start in range(0, len(images), PREPARE_BATCH)])
+        self.train(was_training)
+        targets = targets.cpu()
+        self._class_members = torch.argsort(targets, stable=True)
+        self._class_sizes = torch.bincount(targets, minlength=self.num_classes)
+        self._class_starts = self._class_sizes.cumsum(0) - self._class_sizes
+
+    def reconstruction_targets(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N, B, D) cached salient features s_i^j the decoders must rebuild (Eq. 8)."""
+        return self._target_features[self.same_class_samples(labels)]
+
+    def same_class_samples(self, labels: torch.Tensor) -> torch.Tensor:
+        """(N, B) indices into the prepared split: decoder j's target for each batch sample.
+
+        Uniform over the training samples of the sample's class (Section 3.3.1). A generator
+        seeded from the global RNG makes the draw device-independent; the training loop
+        re-seeds that RNG every epoch, so a resumed epoch draws the same targets.
+        """
+        if self._target_features is None:
+            raise RuntimeError("damcnn step 2 needs prepare(train images, targets) before "
+                               "its objective (train.fit calls it)")
+        labels = labels.cpu()
+        sizes = self._class_sizes[labels]
+        if (sizes == 0).any():
+            missing = sorted(set(labels[sizes == 0].tolist()))
+            raise ValueError(f"no training sample of class {missing} to reconstruct")
+        generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
+        uniform = torch.rand(len(self.mpvs.decoders), len(labels), generator=generator)
+        offsets = torch.minimum((uniform * sizes).long(), sizes - 1)  # float rounding
+        return self._class_members[self._class_starts[labels] + offsets]

@@ -1,0 +1,127 @@
+"""The VGG conv trunk (Simonyan & Zisserman 2014) in plain torch, shared by every VGG-based model.
+
+E2-Capsnet, DE-Capsnet, their ablations and DAM-CNN all keep VGG's five conv stages and drop
+its fully connected layers. Each stage is a run of 3x3 conv + ReLU layers ending in a 2x2
+max-pool; models that act inside a stage (E2-Capsnet adds its attention branch before the
+stage's pool) index `stages[i][:-1]` and `stages[i][-1]`.
+
+`width` scales every stage's channels so tests and the CPU demo can run a narrow network;
+pretrained weights only fit `width=1.0`. Convs start from He initialisation (fan-out, as in
+torchvision's VGG): the papers train these trunks from scratch, and PyTorch's default init
+lets the signal fade through 13-16 plain ReLU layers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ferbench.data.download import fetch, sha256sum
+
+#: Conv layers per stage of each layout (VGG paper Table 1, configurations D and E).
+LAYOUTS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+STAGE_CHANNELS = (64, 128, 256, 512, 512)
+#: Where downloaded weights are cached (override with FERBENCH_WEIGHTS).
+WEIGHTS_CACHE = Path(os.environ.get("FERBENCH_WEIGHTS", "~/.cache/ferbench/weights")).expanduser()
+
+
+def scaled_channels(channels: int, width: float) -> int:
+    """Channels of a layer at `width`, at least 4 so a tiny test network still has features."""
+    return max(4, int(round(channels * width)))
+
+
+class VGGTrunk(nn.Module):
+    """VGG's five conv stages: (B, in_channels, S, S) -> (B, out_channels, S/32, S/32)."""
+
+    def __init__(self, layout: str = "vgg16", in_channels: int = 1, width: float = 1.0,
+                 batch_norm: bool = False):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown VGG layout {layout!r} (known: {', '.join(LAYOUTS)})")
+        self.layout = layout
+        self.stage_channels = tuple(scaled_channels(c, width) for c in STAGE_CHANNELS)
+        stages, cin = [], in_channels
+        for depth, cout in zip(LAYOUTS[layout], self.stage_channels):
+            layers: list[nn.Module] = []
+            for _ in range(depth):
+                layers.append(nn.Conv2d(cin, cout, kernel_size=3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(cout))
+                layers.append(nn.ReLU(inplace=True))
+                cin = cout
+            layers.append(nn.MaxPool2d(2))
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = cin
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):  # torchvision's VGG init: a plain ReLU stack trains
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+
+def _layers_by_module(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Group a state dict's tensors by module prefix, keeping the file's order."""
+    groups: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+    for key, tensor in state.items():
+        prefix, _, name = key.rpartition(".")
+        groups.setdefault(prefix, {})[name] = tensor
+    return list(groups.values())
+
+
+def _resolve(path_or_url: str | Path, sha256: str) -> Path:
+    """A local file checked against `sha256`, or a URL fetched (and cached) by download.fetch."""
+    local = Path(path_or_url).expanduser()
+    if local.is_file():
+        actual = sha256sum(local)
+        if actual != sha256.strip().lower():
+            raise ValueError(f"sha256 mismatch for {local}: expected {sha256}, got {actual}")
+        return local
+    url = str(path_or_url)
+    return fetch(url, WEIGHTS_CACHE / Path(url.split("?")[0]).name, sha256)
+
+
+def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str) -> VGGTrunk:
+    """Copy the conv (and batch-norm) weights of a VGG state dict into `trunk`, in order.
+
+    Any state dict whose conv layers come in VGG order fits (torchvision's `vgg16-*.pth`,
+    a converted VGG-Face file); its 2D classifier weights are ignored. Every shape is checked
+    before anything is copied. A 3-channel first conv loaded into a 1-channel trunk is
+    averaged over RGB, so the grayscale face sees the mean of the colour filters.
+    """
+    state = torch.load(_resolve(path_or_url, sha256), map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    source = [layer for layer in _layers_by_module(state)
+              if layer.get("weight") is not None and (layer["weight"].dim() == 4
+                                                      or "running_mean" in layer)]
+    target = [m for m in trunk.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    if len(source) != len(target):
+        raise ValueError(f"{path_or_url} has {len(source)} conv/batch-norm layers, "
+                         f"the {trunk.layout} trunk {len(target)}")
+    copies = []
+    for index, (tensors, module) in enumerate(zip(source, target)):
+        for name, own in module.state_dict().items():
+            if name == "num_batches_tracked":
+                continue
+            if name not in tensors:
+                raise ValueError(f"layer {index} of {path_or_url} lacks {name!r} "
+                                 f"(a {type(module).__name__} needs it)")
+            value = tensors[name]
+            if index == 0 and name == "weight" and value.shape[1] == 3 and own.shape[1] == 1:
+                value = value.mean(dim=1, keepdim=True)
+            if value.shape != own.shape:
+                raise ValueError(f"layer {index} {name}: {path_or_url} has "
+                                 f"{tuple(value.shape)}, the trunk {tuple(own.shape)}")
+            copies.append((getattr(module, name), value))
+    with torch.no_grad():
+        for own, value in copies:
+            own.copy_(value)
+    return trunk

@@ -1,0 +1,193 @@
+"""DAM-CNN: SERD and MPAE losses, shapes at tiny width, the two training steps."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ferbench import train
+from ferbench.models import get
+from ferbench.models.losses import mpae_reconstruction, serd_regulariser
+
+SIZE = 64
+TINY = {"width": 1 / 16, "input_size": SIZE, "decoders": 3}
+
+
+def tiny_split(n=24, seed=0):
+    """Three classes told apart by brightness: 0-59, 60-119, 120-179."""
+    rng = np.random.default_rng(seed)
+    targets = np.arange(n) % 3
+    images = (rng.integers(0, 60, (n, SIZE, SIZE)) + targets[:, None, None] * 60).astype(np.uint8)
+    return train.Split.from_arrays(images, targets, SIZE)
+
+
+def build(**overrides):
+    spec = get("damcnn")
+    return spec.build(3, spec.hyperparameters({**TINY, **overrides}))
+
+
+def write_step1(path, model):
+    """A step-1 `model.pt` as jobs.train_fold writes it."""
+    hp = get("damcnn").hyperparameters({**TINY, "step": 1})
+    torch.save({"model": "damcnn", "labels": ["a", "b", "c"], "hyperparameters": hp,
+                "input_size": SIZE, "state_dict": model.state_dict(), "best_epoch": 1}, path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a shared two-core machine run these tiny convs ten times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def step1_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    step1 = build()
+    return write_step1(tmp_path / "model.pt", step1), step1
+
+
+def test_serd_regulariser_matches_eq3_by_hand():
+    mask = torch.tensor([[[[0.5, -0.5], [1.0, 0.0]]],
+                         [[[0.0, 0.0], [0.0, 0.0]]]])
+    # sample 1: ||M||_1 = 2 -> 4; 1 - M^2 = .75, .75, 0, 1 -> squares sum 2.125
+    # sample 2: ||M||_1 = 0; 1 - M^2 = 1 everywhere -> 4
+    expected = ((0.1 * 4 + 0.01 * 2.125) + (0.01 * 4)) / 2
+    assert serd_regulariser(mask, 0.1, 0.01).item() == pytest.approx(expected)
+
+
+def test_mpae_reconstruction_matches_eq8_eq9_by_hand():
+    reconstructions = torch.tensor([[[1.0, 2.0], [0.0, 0.0]],      # decoder 1, samples 1-2
+                                    [[0.0, 0.0], [3.0, 0.0]]])     # decoder 2
+    targets = torch.zeros(2, 2, 2)
+    # J_1 = (1 + 4 + 0) / 2 = 2.5, J_2 = (0 + 9) / 2 = 4.5
+    assert mpae_reconstruction(reconstructions, targets).item() == pytest.approx(7.0)
+
+
+def test_shapes_and_mask_range(step1_checkpoint):
+    path, step1 = step1_checkpoint
+    x = torch.rand(4, 1, SIZE, SIZE) * 2 - 1
+    salient, mask = step1.salient_features(x)
+    side = SIZE // 32
+    assert salient.shape == (4, step1.trunk.out_channels * side * side)
+    assert mask.shape == (4, 1, side, side) and mask.abs().max() <= 1
+    heatmap = step1.attention(x)
+    assert heatmap.shape == (4, 1, SIZE, SIZE) and heatmap.abs().max() <= 1
+    assert step1(x).shape == (4, 3)
+    step2 = build(step=2, init_from=path)
+    assert step2(x).shape == (4, 3)
+    assert step2.mpvs.decode(step2.mpvs.encode(salient)).shape == (3, *salient.shape)
+
+
+def test_step2_loads_step1_and_needs_it(step1_checkpoint):
+    path, step1 = step1_checkpoint
+    step2 = build(step=2, init_from=path)
+    for name in ("trunk", "serd"):
+        for key, value in getattr(step1, name).state_dict().items():
+            assert torch.equal(getattr(step2, name).state_dict()[key], value), key
+    with pytest.raises(ValueError, match="init_from"):
+        build(step=2)
+
+
+def test_step2_freezes_trunk_and_serd(step1_checkpoint):
+    path, _ = step1_checkpoint
+    torch.manual_seed(0)
+    model = build(step=2, init_from=path)
+    split = tiny_split()
+    model.prepare(split.images, split.targets)
+    frozen = [*model.trunk.parameters(), *model.serd.parameters()]
+    assert not any(p.requires_grad for p in frozen)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    optimizer = train.make_optimizer(model, get("damcnn").hyperparameters({"lr": 0.1}))
+    loss, _ = model.objective(train.as_input(split.images[:8], torch.device("cpu")),
+                              split.targets[:8])
+    loss.backward()
+    optimizer.step()
+    moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert not {name for name in moved if not name.startswith("mpvs.")}
+    assert {"mpvs.classifier.weight", "mpvs.decoders.0.bias", "mpvs.encoder.bias"} <= moved
+
+
+def test_step2_gradients_follow_eq10_and_eq11(step1_checkpoint):
+    """Loss = J_all + lambda L_ce; the MPAE gets its gradient, the FC layers L_ce's alone."""
+    path, _ = step1_checkpoint
+    model = build(step=2, init_from=path).eval()  # no dropout: both passes see the same net
+    split = tiny_split()
+    model.prepare(split.images, split.targets)
+    x, y = train.as_input(split.images[:6], torch.device("cpu")), split.targets[:6]
+    torch.manual_seed(5)
+    loss, _ = model.objective(x, y)
+    loss.backward()
+    got = {name: p.grad.clone() for name, p in model.mpvs.named_parameters()}
+    model.zero_grad()
+    torch.manual_seed(5)
+    code = model.mpvs.encode(model.salient_features(x)[0])
+    reconstruction = mpae_reconstruction(model.mpvs.decode(code), model.reconstruction_targets(y))
+    eq11 = reconstruction + 20 * F.cross_entropy(model.mpvs.classify(code), y)
+    assert loss.item() == pytest.approx(eq11.item(), rel=1e-6)
+    eq11.backward()
+    for name, p in model.mpvs.named_parameters():
+        scale = 20 if name.startswith(("fc.", "classifier.")) else 1
+        torch.testing.assert_close(got[name] * scale, p.grad, msg=name)
+
+
+def test_decoders_reconstruct_same_class_samples(step1_checkpoint):
+    path, _ = step1_checkpoint
+    model = build(step=2, init_from=path)
+    split = tiny_split()
+    model.prepare(split.images, split.targets)
+    labels = torch.tensor([0, 1, 2, 2, 1])
+    torch.manual_seed(3)
+    drawn = model.same_class_samples(labels)
+    assert drawn.shape == (3, 5)
+    assert torch.equal(split.targets[drawn], labels.expand(3, -1))
+    torch.manual_seed(3)
+    assert torch.equal(model.same_class_samples(labels), drawn)  # seeded: resumable
+
+
+def test_step1_learns_a_separable_toy_task():
+    torch.manual_seed(0)
+    model = build()
+    optimizer = train.make_optimizer(model, get("damcnn").hyperparameters(
+        {"optimizer": "adam", "lr": 1e-3}))
+    split = tiny_split()
+    x = train.as_input(split.images, torch.device("cpu"))
+    losses = []
+    for _ in range(25):
+        loss, _ = model.objective(x, split.targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.75 * losses[0]
+    assert losses[0] > math.log(3) * 0.9  # it started at chance
+
+
+def test_step2_fit_resumes_exactly(step1_checkpoint, tmp_path):
+    """fit calls prepare; 1 epoch + resume to 2 equals 2 epochs in one go."""
+    path, _ = step1_checkpoint
+    spec = get("damcnn")
+    hp = spec.hyperparameters({**TINY, "step": 2, "init_from": path, "epochs": 2,
+                               "patience": 9, "batch_size": 8, "lr": 1e-3})
+
+    def run(folder, epochs):
+        torch.manual_seed(0)
+        model = spec.build(3, hp)
+        return train.fit(model, {**hp, "epochs": epochs}, tiny_split(), tiny_split(9, 1),
+                         tmp_path / folder / "ckpt.pt", seed=0, device=torch.device("cpu"),
+                         progress=False, fingerprint="f")
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    full_history, full_best, _, _ = run("a", 2)
+    run("b", 1)
+    resumed_history, resumed_best, _, _ = run("b", 2)
+    np.testing.assert_allclose(resumed_history.drop(columns="seconds").to_numpy(),
+                               full_history.drop(columns="seconds").to_numpy())
+    for key in full_best:
+        assert torch.equal(full_best[key], resumed_best[key]), key
