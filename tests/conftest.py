@@ -34,3 +34,14 @@ def tiny_config(results: Path, **overrides) -> dict:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny layers gain nothing from intra-op threads; on a loaded 2-core machine they cost 10x."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,14 +16,9 @@ TINY = 1 / 16
 VARIANTS = [("e2capsnet", 2, 64), ("decapsnet", 2, 64), ("rccnet", 1, 64), ("vgg16", 1, 32),
             ("avggnet", 2, 32), ("capsnet", 1, 28)]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny layers gain nothing from intra-op threads; on a loaded 2-core machine they cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 def build(name: str, input_size: int, num_classes: int = 7):

@@ -14,6 +14,8 @@ from ferbench.models.losses import mpae_reconstruction, serd_regulariser
 SIZE = 64
 TINY = {"width": 1 / 16, "input_size": SIZE, "decoders": 3}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def tiny_split(n=24, seed=0):
     """Three classes told apart by brightness: 0-59, 60-119, 120-179."""
@@ -36,13 +38,6 @@ def write_step1(path, model):
     return str(path)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared two-core machine run these tiny convs ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from torch import nn
 
 from ferbench import train
 from ferbench.data.download import sha256sum
-from ferbench.models import get, mobilenet, parameter_count, vgg
+from ferbench.models import get, mobilenet, parameter_count, pretrained
 from ferbench.models.losses import center_loss, update_centres
 
 SPEC = get("mobilenet_cl")
@@ -132,7 +132,7 @@ def imagenet_style_checkpoint(model: nn.Module) -> dict:
 
 def test_init_from_imagenet_url_checks_sha256_and_keeps_mismatched_layers(tmp_path, monkeypatch,
                                                                          capsys):
-    monkeypatch.setattr(vgg, "WEIGHTS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(pretrained, "WEIGHTS_CACHE", tmp_path / "cache")
     torch.manual_seed(0)
     source = build()
     weights = tmp_path / "mobilenet_v1_imagenet.pth"

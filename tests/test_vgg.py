@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ferbench.data.download import sha256sum
-from ferbench.models import vgg
+from ferbench.models import pretrained
 from ferbench.models.vgg import VGGTrunk, load_pretrained
 
 TINY = 1 / 16
@@ -48,7 +48,7 @@ def test_load_pretrained_averages_rgb_into_gray(tmp_path):
 
 
 def test_load_pretrained_from_url_uses_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(vgg, "WEIGHTS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(pretrained, "WEIGHTS_CACHE", tmp_path / "cache")
     source = VGGTrunk("vgg16", in_channels=1, width=TINY)
     path = _torchvision_style_file(tmp_path, source)
     trunk = load_pretrained(VGGTrunk("vgg16", width=TINY), path.as_uri(), sha256sum(path))

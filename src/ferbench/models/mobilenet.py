@@ -43,7 +43,7 @@ from torch import nn
 
 from ferbench.models.base import FERModel
 from ferbench.models.losses import center_loss, update_centres
-from ferbench.models.vgg import _layers_by_module, _resolve
+from ferbench.models.pretrained import layers_by_module, weights_file
 
 DEFAULTS = {
     "optimizer": "sgd",
@@ -143,7 +143,7 @@ class MobileNetCL(FERModel):
         state = torch.load(_weights_file(init_from, init_sha256), map_location="cpu",
                            weights_only=True)
         state = state.get("state_dict", state)
-        source = [tensors for tensors in _layers_by_module(state)
+        source = [tensors for tensors in layers_by_module(state)
                   if "running_mean" in tensors or getattr(tensors.get("weight"), "ndim", 0) == 4]
         target = [(name, module) for name, module in self.features.named_modules()
                   if isinstance(module, (nn.Conv2d, nn.BatchNorm2d))]
@@ -177,7 +177,7 @@ def _weights_file(init_from: str, init_sha256: str) -> Path:
     """ImageNet weights are checked against their sha256 (URLs fetched and cached); a ferbench
     checkpoint is a workflow output, trusted as a local path."""
     if init_sha256:
-        return _resolve(init_from, init_sha256)
+        return weights_file(init_from, init_sha256)
     path = Path(init_from).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"init_from {init_from} is not a file (a URL needs init_sha256)")

@@ -13,20 +13,16 @@ lets the signal fade through 13-16 plain ReLU layers.
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ferbench.data.download import fetch, sha256sum
+from ferbench.models.pretrained import layers_by_module, weights_file
 
 #: Conv layers per stage of each layout (VGG paper Table 1, configurations D and E).
 LAYOUTS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
-#: Where downloaded weights are cached (override with FERBENCH_WEIGHTS).
-WEIGHTS_CACHE = Path(os.environ.get("FERBENCH_WEIGHTS", "~/.cache/ferbench/weights")).expanduser()
 
 
 def scaled_channels(channels: int, width: float) -> int:
@@ -68,27 +64,6 @@ class VGGTrunk(nn.Module):
         return x
 
 
-def _layers_by_module(state: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Group a state dict's tensors by module prefix, keeping the file's order."""
-    groups: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
-    for key, tensor in state.items():
-        prefix, _, name = key.rpartition(".")
-        groups.setdefault(prefix, {})[name] = tensor
-    return list(groups.values())
-
-
-def _resolve(path_or_url: str | Path, sha256: str) -> Path:
-    """A local file checked against `sha256`, or a URL fetched (and cached) by download.fetch."""
-    local = Path(path_or_url).expanduser()
-    if local.is_file():
-        actual = sha256sum(local)
-        if actual != sha256.strip().lower():
-            raise ValueError(f"sha256 mismatch for {local}: expected {sha256}, got {actual}")
-        return local
-    url = str(path_or_url)
-    return fetch(url, WEIGHTS_CACHE / Path(url.split("?")[0]).name, sha256)
-
-
 def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str) -> VGGTrunk:
     """Copy the conv (and batch-norm) weights of a VGG state dict into `trunk`, in order.
 
@@ -97,9 +72,9 @@ def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str) -> VG
     before anything is copied. A 3-channel first conv loaded into a 1-channel trunk is
     averaged over RGB, so the grayscale face sees the mean of the colour filters.
     """
-    state = torch.load(_resolve(path_or_url, sha256), map_location="cpu", weights_only=True)
+    state = torch.load(weights_file(path_or_url, sha256), map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    source = [layer for layer in _layers_by_module(state)
+    source = [layer for layer in layers_by_module(state)
               if layer.get("weight") is not None and (layer["weight"].dim() == 4
                                                       or "running_mean" in layer)]
     target = [m for m in trunk.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
