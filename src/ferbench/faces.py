@@ -10,9 +10,9 @@ eye centres is horizontal. The eyes come, in this order of trust, from the manif
 68-point `landmarks` (iBUG order: points 36-41 and 42-47 are the two eyes), from the
 detector when it locates eyes (mediapipe), or from OpenCV's Haar eye cascade in the upper
 part of the face box. Without two eyes, or with an implausibly steep pair, the face is not
-rotated. Each face's whole geometric
-preprocessing is recorded as one affine map (`crop_transform`, original-image pixels to
-face-crop pixels), so the landmarks stage moves points exactly as the pixels were moved.
+rotated. Each face's whole geometric preprocessing is recorded as one affine map
+(`crop_transform`, original-image pixels to face-crop pixels), so the landmarks stage moves
+points exactly as the pixels were moved.
 """
 
 from __future__ import annotations
