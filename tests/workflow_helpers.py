@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,12 +31,53 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900):
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+                  cores: int = 2):
     """The real `snakemake` on the repository's Snakefile, with `workdir` as working folder."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "2", *args]
+           str(workdir), "--cores", str(cores), *args]
     result = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def mlflow_runs(results: Path) -> tuple[list, list]:
+    """(parent runs, fold runs) of the `ferbench` experiment in a study's local SQLite store."""
+    from mlflow.tracking import MlflowClient
+
+    from ferbench import tracking
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path(results).resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ferbench")
+    runs = client.search_runs([experiment.experiment_id])
+    roles = [run.data.tags.get(tracking.ROLE_TAG) for run in runs]
+    assert set(roles) <= {"parent", "fold"}, f"runs of unknown role: {roles}"
+    return ([r for r, role in zip(runs, roles) if role == "parent"],
+            [r for r, role in zip(runs, roles) if role == "fold"])
+
+
+def assert_study_finished(results: Path, model: str = "deep_emotion", folds: int = 3,
+                          study: str = "synthetic/subject_5fold") -> None:
+    """What a finished tiny study leaves however it was executed (locally, on SLURM, after a
+    kill): each fold's model and metrics, the summary and report, and exactly one FINISHED
+    MLflow run per fold with its metrics, all nested under exactly one parent run."""
+    from ferbench import tracking
+
+    model_dir = Path(results) / study / model
+    for fold in range(folds):
+        for name in ("model.pt", "history.csv", "metrics.json"):
+            assert (model_dir / f"fold{fold}" / name).exists(), f"fold{fold}/{name}"
+        assert not (model_dir / f"fold{fold}" / "checkpoint.pt").exists()
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert len(summary["folds"]) == folds
+    assert "data:image/png;base64" in (Path(results) / "report.html").read_text()
+    parents, children = mlflow_runs(results)
+    assert len(parents) == 1, f"{len(parents)} parent runs"
+    assert sorted(int(c.data.tags["fold"]) for c in children) == list(range(folds))
+    assert parents[0].info.run_id == summary["mlflow_run_id"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
+        assert {"val_acc", "train_loss", "test_accuracy"} <= set(child.data.metrics)
