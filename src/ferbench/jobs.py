@@ -182,13 +182,20 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
 
     tracker = _tracker(config)
     checkpoint = Path(paths["checkpoint"])
+    inputs = [paths[k] for k in ("faces", "folds", "augment_array", "augment_table")]
+    if hp.get("init_from") and Path(hp["init_from"]).is_file():  # a retrained stage 1 counts
+        inputs.append(hp["init_from"])
     fingerprint = hashlib.sha256(json.dumps(
-        [hp, seed, labels, threads, device.type,
-         *(file_sha256(paths[k]) for k in ("faces", "folds", "augment_array", "augment_table"))],
+        [hp, seed, labels, threads, device.type, *map(file_sha256, inputs)],
         sort_keys=True).encode()).hexdigest()
     resumed = train_mod.load_checkpoint(checkpoint, fingerprint, torch.device("cpu"))
     extra = resumed["state"]["extra"] if resumed else {}
-    if resumed is None:
+    # The run id is kept beside the checkpoint from the start: a job killed before its first
+    # checkpoint then logs into the same MLflow run again instead of leaving an orphan.
+    pending = checkpoint.with_name("mlflow_run.json")
+    if resumed is None and pending.is_file() and read_json(pending)["fingerprint"] == fingerprint:
+        extra["run_id"] = read_json(pending)["run_id"]
+    elif resumed is None:
         params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
                   "model": study["model"], "fold": fold, "seed": seed, "device": device.type,
                   "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
@@ -198,6 +205,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
                   "folds_sha256": file_sha256(paths["folds"])[:16]}
         tags = {**study_tags(study), "fold": fold, tracking.ROLE_TAG: "fold"}
         extra["run_id"] = tracker.start_run(f"{study['model']}-fold{fold}", tags, params)
+        write_json(pending, {"fingerprint": fingerprint, "run_id": extra["run_id"]})
 
     def log_epoch(row, state_extra):
         metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
@@ -215,7 +223,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
     write_json(paths["run"], info)
-    checkpoint.unlink(missing_ok=True)  # only unfinished jobs keep one
+    checkpoint.unlink(missing_ok=True)  # only unfinished jobs keep these two
+    pending.unlink(missing_ok=True)
     return info
 
 

@@ -13,7 +13,6 @@ from pathlib import PurePosixPath
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ferbench.data.manifest import CLASS_SETS
 
@@ -82,6 +81,10 @@ def _stratified_splits(samples: pd.DataFrame, n_splits: int, seed: int, by_subje
     """Label-stratified (train, held-out) position pairs; with `by_subject` a subject never
     straddles two parts. Where every subject has one image (data without identities) grouping
     changes nothing, so the plain splitter is used: it is much faster on large datasets."""
+    # Imported here: sklearn takes ~1.5 s to import, and every Snakefile start imports this
+    # module (paths.studies needs fold_count).
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
     groups = samples["subject"] if by_subject and not samples["subject"].is_unique else None
     splitter = (StratifiedKFold if groups is None else StratifiedGroupKFold)(
         n_splits=n_splits, shuffle=True, random_state=seed)
