@@ -131,3 +131,10 @@ def test_cross_dataset_protocol_must_name_another_defined_dataset(tmp_path):
     raw["studies"].append({"dataset": "synthetic", "protocol": "cross", "models": ["deepfer"]})
     with pytest.raises(config_mod.ConfigError, match="'studies.1.protocol'.*own dataset"):
         config_mod.validate(raw)
+
+
+def test_a_model_the_workflow_cannot_feed_yet_is_refused_up_front(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["studies"][0]["models"] = ["deep_emotion", "e2capsnet"]
+    with pytest.raises(config_mod.ConfigError, match="'studies.0.models.1'.*attention"):
+        config_mod.validate(raw)

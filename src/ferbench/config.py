@@ -89,6 +89,11 @@ def _check_references(config: dict) -> None:
                     f"config key 'studies.{i}.models.{j}': unknown model '{model}' "
                     f"(registered: {', '.join(REGISTRY)})"
                 )
+            if getattr(REGISTRY[model].cls, "extra_channels", ()):
+                raise ConfigError(
+                    f"config key 'studies.{i}.models.{j}': {model} takes AU attention maps "
+                    "as a second input channel, which the workflow does not feed yet"
+                )
     for name, overrides in config["models"].items():
         if name not in REGISTRY:
             raise ConfigError(
