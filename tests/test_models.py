@@ -95,3 +95,15 @@ def test_checkpoint_for_other_settings_is_not_resumed(tmp_path):
     run_fit(tmp_path, epochs=2)
     assert train.load_checkpoint(tmp_path / "ckpt.pt", "f", torch.device("cpu")) is not None
     assert train.load_checkpoint(tmp_path / "ckpt.pt", "other", torch.device("cpu")) is None
+
+
+def test_stn_warp_stays_near_the_identity_however_far_the_regressor_goes():
+    """An unbounded theta once shifted the warp off the image and froze DeepFER at chance."""
+    from ferbench.models.stn import MAX_DEVIATION, SpatialTransformer
+
+    stn = SpatialTransformer(1, 48)
+    with torch.no_grad():
+        stn.regressor[2].bias.fill_(1e4)
+    theta = stn.theta(torch.rand(4, 1, 48, 48))
+    deviation = theta - torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    assert deviation.abs().max() <= MAX_DEVIATION + 1e-6

@@ -1,7 +1,10 @@
 """Spatial transformer (Jaderberg et al. 2015) as used by Deep-Emotion and DeepFER.
 
 The localisation network regresses the six parameters of an affine theta; the final layer
-starts at zero weight and identity bias so training begins from the unwarped input.
+starts at zero so training begins from the unwarped input. Neither paper bounds theta. We do:
+theta = identity + MAX_DEVIATION * tanh(regressed). Unbounded, one DeepFER fold's first
+Adam steps pushed the warp off the image (translations of 2-7 image half-widths), the
+sampler then returned only zeros, and the network stayed at chance for all 20 epochs.
 """
 
 from __future__ import annotations
@@ -9,6 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+#: Largest change of any theta entry: up to 50% zoom, shear or shift of the half-width.
+MAX_DEVIATION = 0.5
 
 
 class SpatialTransformer(nn.Module):
@@ -25,13 +32,16 @@ class SpatialTransformer(nn.Module):
             nn.ReLU(True),
         )
         side = ((input_size - 6) // 2 - 4) // 2
-        self.regressor = nn.Sequential(nn.Linear(10 * side * side, 32), nn.ReLU(True), nn.Linear(32, 6))
+        self.regressor = nn.Sequential(nn.Linear(10 * side * side, 32), nn.ReLU(True),
+                                       nn.Linear(32, 6))
         nn.init.zeros_(self.regressor[2].weight)
-        with torch.no_grad():
-            self.regressor[2].bias.copy_(torch.tensor([1, 0, 0, 0, 1, 0], dtype=torch.float))
+        nn.init.zeros_(self.regressor[2].bias)
+        self.register_buffer("identity", torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))
 
     def theta(self, x: torch.Tensor) -> torch.Tensor:
-        return self.regressor(self.localisation(x).flatten(1)).view(-1, 2, 3)
+        """Affine (B, 2, 3) maps, each entry within MAX_DEVIATION of the identity's."""
+        deviation = torch.tanh(self.regressor(self.localisation(x).flatten(1))).view(-1, 2, 3)
+        return self.identity + MAX_DEVIATION * deviation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = F.affine_grid(self.theta(x), list(x.shape), align_corners=False)
