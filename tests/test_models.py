@@ -107,3 +107,27 @@ def test_stn_warp_stays_near_the_identity_however_far_the_regressor_goes():
     theta = stn.theta(torch.rand(4, 1, 48, 48))
     deviation = theta - torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
     assert deviation.abs().max() <= MAX_DEVIATION + 1e-6
+
+
+def test_concurrent_jobs_claim_different_gpus(tmp_path):
+    """Two job processes on a 3-GPU machine get two GPUs; a fourth job would share one."""
+    import subprocess
+    import sys
+
+    script = ("import sys, time; from pathlib import Path; from ferbench.train import claim_gpu; "
+              "print(claim_gpu(3, Path(sys.argv[1])), flush=True); time.sleep(float(sys.argv[2]))")
+    holders = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path), "20"],
+                                stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    try:
+        claimed = sorted(int(p.stdout.readline()) for p in holders)
+        assert claimed == [0, 1, 2]
+        late = subprocess.run([sys.executable, "-c", script, str(tmp_path), "0"],
+                              capture_output=True, text=True, timeout=60)
+        assert "sharing GPU" in late.stdout
+    finally:
+        for p in holders:
+            p.kill()
+            p.wait()
+    after = subprocess.run([sys.executable, "-c", script, str(tmp_path), "0"],
+                           capture_output=True, text=True, timeout=60)
+    assert after.stdout.strip() == "0"  # a finished job's GPU is free again

@@ -9,6 +9,7 @@ and metrics as an uninterrupted run (on CPU).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +24,42 @@ from ferbench.models import ModelSpec
 
 
 def select_device(preference: str = "auto") -> torch.device:
-    """CUDA when present (or asked for), else CPU."""
+    """CUDA when present (or asked for), else CPU; with several GPUs, one no other job holds."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("config asks for device 'cuda' but no CUDA device is available")
-        return torch.device("cuda")
+        count = torch.cuda.device_count()
+        return torch.device("cuda", claim_gpu(count, GPU_LOCKS) if count > 1 else 0)
     return torch.device("cpu")
+
+
+#: Lock files by which concurrent jobs on one machine share out its GPUs.
+GPU_LOCKS = Path(tempfile.gettempdir()) / "ferbench-gpu-locks"
+_held_gpu_locks: list = []  # held for the life of the process: the job keeps its GPU
+
+
+def claim_gpu(count: int, lock_dir: Path) -> int:
+    """Index of a GPU that no other ferbench job on this machine holds.
+
+    Snakemake's `--resources gpu=N` caps concurrent training jobs at N but does not say which
+    GPU each gets, so without this every job would train on GPU 0. Under SLURM each job sees
+    only its own GPU (device_count() == 1) and this is never called. If every GPU is held
+    (jobs started without the cap), the job shares one, chosen by its PID, and says so.
+    """
+    from filelock import FileLock, Timeout
+
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        lock = FileLock(str(lock_dir / f"gpu{index}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        _held_gpu_locks.append(lock)
+        return index
+    shared = os.getpid() % count
+    print(f"all {count} GPUs are held by other jobs; sharing GPU {shared}", flush=True)
+    return shared
 
 
 def make_deterministic(seed: int, threads: int) -> None:
