@@ -25,7 +25,7 @@ def test_cross_entropy_fc_l2_matches_eq1():
     logits = torch.tensor([[0.0, math.log(3.0)]])
     # CE = -log(3/4); lambda * ||w||^2 = 0.1 * 9
     expected = -math.log(3 / 4) + 0.9
-    assert float(cross_entropy_fc_l2(logits, torch.tensor([1]), [layer], 0.1)) == pytest.approx(
+    assert cross_entropy_fc_l2(logits, torch.tensor([1]), [layer], 0.1).item() == pytest.approx(
         expected, rel=1e-6)
 
 
