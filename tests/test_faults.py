@@ -134,7 +134,11 @@ def test_parallel_fold_jobs_log_every_run_exactly_once(tmp_path):
     config = tiny_config(Path("results"))
     config["models"]["deep_emotion"].update(epochs=6, patience=6)
     write_config(tmp_path, config)
-    run_snakemake(tmp_path, cores=3)  # the three folds' train/evaluate jobs run side by side
+    # Prepare every fold first, so that the three training jobs become ready together and run
+    # side by side (otherwise each starts when its fold's augment job ends, and short ones
+    # need not overlap).
+    run_snakemake(tmp_path, "--until", "augment")
+    run_snakemake(tmp_path, cores=3)
 
     results = tmp_path / "results"
     assert_study_finished(results)
