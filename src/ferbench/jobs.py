@@ -16,7 +16,6 @@ import torch
 
 from ferbench import augment as augment_mod
 from ferbench import evaluate, faces, models, splits, tracking
-from ferbench import paths as path_templates
 from ferbench import train as train_mod
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.manifest import CANONICAL_LABELS
@@ -193,8 +192,9 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     # The run id is kept beside the checkpoint from the start: a job killed before its first
     # checkpoint then logs into the same MLflow run again instead of leaving an orphan.
     pending = checkpoint.with_name("mlflow_run.json")
-    if resumed is None and pending.is_file() and read_json(pending)["fingerprint"] == fingerprint:
-        extra["run_id"] = read_json(pending)["run_id"]
+    earlier = read_json(pending) if resumed is None and pending.is_file() else {}
+    if earlier.get("fingerprint") == fingerprint:
+        extra["run_id"] = earlier["run_id"]
     elif resumed is None:
         params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
                   "model": study["model"], "fold": fold, "seed": seed, "device": device.type,
@@ -281,17 +281,17 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
 
 # -- 7. summarise ----------------------------------------------------------------------------
 
-def summarize(study: dict, protocol: dict, metrics_paths: list, out_path, config: dict) -> dict:
-    """Mean +- std over folds; a parent MLflow run that the fold runs are nested under."""
+def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_path,
+              config: dict) -> dict:
+    """Mean +- std over folds; a parent MLflow run that the fold runs are nested under.
+
+    The fold table says whether the data names real people, which decides whether the
+    protocol is subject-independent."""
     folds = [read_json(p) for p in metrics_paths]
     acc_mean, acc_std = evaluate.mean_std([m["accuracy"] for m in folds])
     f1_mean, f1_std = evaluate.mean_std([m["macro_f1"] for m in folds])
-    # The fold table is upstream of every metrics file, so it exists; it records whether the
-    # data names real people, which decides whether the protocol is subject-independent.
-    fold_table = read_folds(path_templates.fill(path_templates.FOLDS, config,
-                                                dataset=study["dataset"],
-                                                protocol=study["protocol"]))
-    description, independent = splits.describe(protocol, bool(fold_table["identities"].all()))
+    identities = bool(read_folds(folds_path)["identities"].all())
+    description, independent = splits.describe(protocol, identities)
     out_dir = Path(out_path).parent
     summary = {
         **{k: study[k] for k in ("dataset", "protocol", "model")},

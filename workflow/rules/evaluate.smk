@@ -26,11 +26,12 @@ rule evaluate:
 rule summarize:
     """Mean and std over folds, and the parent MLflow run the fold runs nest under."""
     input:
-        lambda wildcards: expand(
+        metrics=lambda wildcards: expand(
             path(paths.METRICS),
             fold=fold_numbers(wildcards.protocol),
             allow_missing=True,
         ),
+        folds=path(paths.FOLDS),
     output:
         path(paths.SUMMARY),
     log:

@@ -5,7 +5,8 @@ with logged(snakemake):
     summary = jobs.summarize(
         study(snakemake.wildcards),
         snakemake.params.protocol,
-        list(snakemake.input),
+        list(snakemake.input.metrics),
+        snakemake.input.folds,
         snakemake.output[0],
         snakemake.config,
     )
