@@ -216,9 +216,11 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
         model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress, extra,
         fingerprint)
     Path(paths["model"]).parent.mkdir(parents=True, exist_ok=True)
+    # The face options travel with the weights: `ferbench live` preprocesses exactly so.
     torch.save({"model": study["model"], "labels": labels, "hyperparameters": hp,
                 "input_size": spec.input_size(hp), "state_dict": best_state,
-                "best_epoch": best_epoch}, paths["model"])
+                "best_epoch": best_epoch,
+                "faces": config["datasets"][study["dataset"]]["faces"]}, paths["model"])
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
