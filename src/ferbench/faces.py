@@ -2,8 +2,8 @@
 
 Every manifest row gets a recorded outcome (`detected`, `full-image`, `dropped`, `corrupt`),
 so the report can say exactly what the detector did to the dataset. The per-face
-preprocessing (`crop_face`) is shared with the live application so inference sees faces
-prepared exactly as in training.
+preprocessing (`preprocess_face`: align, crop, resize, normalise) is shared with the live
+application so inference sees faces prepared exactly as in training.
 
 Alignment rotates the image about the face box's centre so that the line through the two
 eye centres is horizontal. The eyes come, in this order of trust, from the manifest's own
@@ -251,7 +251,7 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     original-image to face-crop pixels), `face_index` (-1 for rows without a face), and
     `stats` the detection summary.
     """
-    eye_finder = HaarEyes() if options.align else None
+    eye_finder = make_eye_finder(options)
     start = time.perf_counter()
     faces, rows = [], []
     with make_detector(options) as detector:
@@ -265,10 +265,14 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
             if image is not None:
                 found = _detect_or_fallback(image, detector, options, record)
                 if found is not None:
-                    angle = _align(image, found, eye_finder, record)
-                    transform = crop_transform(image.shape, found.box, options, angle)
+                    face = preprocess_face(image, found, options, eye_finder,
+                                           parse_landmarks(record.get("landmarks")))
+                    if face.align_source:
+                        record.update(aligned=True, align_angle=face.angle,
+                                      align_source=face.align_source)
+                    transform = crop_transform(image.shape, found.box, options, face.angle)
                     record.update(face_index=len(faces), crop_transform=_numbers_text(transform))
-                    faces.append(crop_face(image, found.box, options, angle))
+                    faces.append(face.crop)
             rows.append(record)
     table = pd.DataFrame(rows)
     stats = detection_stats(table, options.detector, time.perf_counter() - start)
@@ -277,24 +281,46 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     return array, table, stats
 
 
-def _align(image: np.ndarray, found: Detection, eye_finder, record: dict) -> float:
-    """The rotation (degrees) that levels the eye line, recording how it was found; 0 if none."""
+@dataclass(frozen=True)
+class PreparedFace:
+    """A face as the models see it, and the rotation that levelled its eyes."""
+
+    crop: np.ndarray            # (size, size[, 3]) uint8
+    angle: float = 0.0          # degrees turned; 0 when not aligned
+    align_source: str = ""      # where the eyes came from; empty when not aligned
+
+
+def make_eye_finder(options: FaceOptions) -> HaarEyes | None:
+    """The eye finder alignment falls back on (None when alignment is off)."""
+    return HaarEyes() if options.align else None
+
+
+def preprocess_face(image: np.ndarray, found: Detection, options: FaceOptions, eye_finder,
+                    landmarks: np.ndarray | None = None) -> PreparedFace:
+    """Align, crop, resize and normalise one detected face: the one place both the face
+    stage and `ferbench live` prepare faces, so inference sees what training saw."""
+    angle, source = align_angle(image, found, eye_finder, landmarks)
+    return PreparedFace(crop_face(image, found.box, options, angle), angle, source)
+
+
+def align_angle(image: np.ndarray, found: Detection, eye_finder,
+                landmarks: np.ndarray | None = None) -> tuple[float, str]:
+    """The rotation (degrees) that levels the eye line and where the eyes came from
+    (68-point landmarks, the detector, Haar eyes); (0.0, "") when not aligned."""
     if eye_finder is None:
-        return 0.0
-    points = parse_landmarks(record.get("landmarks"))
-    if points is not None:
-        eyes, source = landmark_eyes(points), "landmarks"
+        return 0.0, ""
+    if landmarks is not None:
+        eyes, source = landmark_eyes(landmarks), "landmarks"
     elif found.eyes is not None:
         eyes, source = found.eyes, "detector"
     else:
         eyes, source = eye_finder(to_gray(image), found.box), "haar-eyes"
     if eyes is None:
-        return 0.0
+        return 0.0, ""
     angle = eye_line_angle(eyes)
     if abs(angle) > MAX_ALIGN_DEGREES:
-        return 0.0
-    record.update(aligned=True, align_angle=angle, align_source=source)
-    return angle
+        return 0.0, ""
+    return angle, source
 
 
 def _detect_or_fallback(image, detector, options: FaceOptions, record: dict):
