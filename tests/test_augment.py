@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 
-from ferbench.augment import AugmentOptions, augment_fold
+from ferbench.augment import GEOMETRY, IDENTITY, AugmentOptions, apply_geometry, augment_fold
 
 
 def setup():
@@ -32,3 +32,15 @@ def test_augmentation_is_deterministic_and_changes_pixels():
     assert not np.array_equal(a, c)
     copies = ta["copy"] > 0
     assert not np.array_equal(a[copies.to_numpy()], a[(ta["copy"] == 0).to_numpy()].repeat(2, 0))
+
+
+def test_recorded_geometry_replays_each_copy_without_its_noise():
+    """The table's geometry moves an aligned channel (an AU map) exactly as the face moved."""
+    faces, folds = setup()
+    noiseless = AugmentOptions(copies=3, noise_std=0.0, rotate_deg=10)
+    array, table = augment_fold(faces, folds, 0, noiseless, seed=5)
+    assert (table[list(GEOMETRY)].iloc[::4] == pd.Series(IDENTITY)).all(axis=None)
+    moved = table["copy"] > 0
+    assert table.loc[moved, "crop_side"].between(27, 32).all()  # 0.85-1.0 of 32 px
+    for row, image in zip(table.to_dict("records"), array):
+        assert np.array_equal(apply_geometry(faces[row["uid"]], row), image)

@@ -133,8 +133,21 @@ def test_cross_dataset_protocol_must_name_another_defined_dataset(tmp_path):
         config_mod.validate(raw)
 
 
-def test_a_model_the_workflow_cannot_feed_yet_is_refused_up_front(tmp_path):
+@pytest.mark.parametrize("pretrain, models, message", [
+    ({"dataset": "fer2013", "protocol": "subject_5fold"}, ["mobilenet_cl"],
+     "'studies.0.pretrain.dataset': unknown dataset 'fer2013'"),
+    ({"dataset": "synthetic", "protocol": "subject_5fold"}, ["mobilenet_cl"],
+     "'studies.0.pretrain': a study cannot pretrain on its own"),
+    ({"dataset": "other", "protocol": "subject_5fold"}, ["deep_emotion"],
+     "'studies.0.pretrain': none of deep_emotion can start .*mobilenet_cl"),
+    ({"dataset": "other"}, ["mobilenet_cl"], "'studies.0.pretrain'"),
+])
+def test_a_pretraining_stage_is_checked(tmp_path, pretrain, models, message):
     raw = tiny_config(tmp_path)
-    raw["studies"][0]["models"] = ["deep_emotion", "e2capsnet"]
-    with pytest.raises(config_mod.ConfigError, match="'studies.0.models.1'.*attention"):
+    raw["datasets"]["other"] = raw["datasets"]["synthetic"]
+    raw["studies"][0].update(pretrain=pretrain, models=models)
+    with pytest.raises(config_mod.ConfigError, match=message):
         config_mod.validate(raw)
+    raw["studies"][0]["pretrain"] = {"dataset": "other", "protocol": "subject_5fold"}
+    raw["studies"][0]["models"] = ["mobilenet_cl"]
+    assert config_mod.validate(raw)["studies"][0]["pretrain"]["dataset"] == "other"

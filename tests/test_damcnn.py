@@ -25,15 +25,17 @@ def tiny_split(n=24, seed=0):
     return train.Split.from_arrays(images, targets, SIZE)
 
 
-def build(**overrides):
-    spec = get("damcnn")
-    return spec.build(3, spec.hyperparameters({**TINY, **overrides}))
+def build(name="vgg_serd", **overrides):
+    """Step 1 (`vgg_serd`) by default; `build("damcnn", init_from=...)` is step 2."""
+    spec = get(name)
+    tiny = {k: v for k, v in TINY.items() if k in spec.defaults}
+    return spec.build(3, spec.hyperparameters({**tiny, **overrides}))
 
 
 def write_step1(path, model):
     """A step-1 `model.pt` as jobs.train_fold writes it."""
-    hp = get("damcnn").hyperparameters({**TINY, "step": 1})
-    torch.save({"model": "damcnn", "labels": ["a", "b", "c"], "hyperparameters": hp,
+    hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE})
+    torch.save({"model": "vgg_serd", "labels": ["a", "b", "c"], "hyperparameters": hp,
                 "input_size": SIZE, "state_dict": model.state_dict(), "best_epoch": 1}, path)
     return str(path)
 
@@ -74,25 +76,25 @@ def test_shapes_and_mask_range(step1_checkpoint):
     heatmap = step1.attention(x)
     assert heatmap.shape == (4, 1, SIZE, SIZE) and heatmap.abs().max() <= 1
     assert step1(x).shape == (4, 3)
-    step2 = build(step=2, init_from=path)
+    step2 = build("damcnn", init_from=path)
     assert step2(x).shape == (4, 3)
     assert step2.mpvs.decode(step2.mpvs.encode(salient)).shape == (3, *salient.shape)
 
 
 def test_step2_loads_step1_and_needs_it(step1_checkpoint):
     path, step1 = step1_checkpoint
-    step2 = build(step=2, init_from=path)
+    step2 = build("damcnn", init_from=path)
     for name in ("trunk", "serd"):
         for key, value in getattr(step1, name).state_dict().items():
             assert torch.equal(getattr(step2, name).state_dict()[key], value), key
-    with pytest.raises(ValueError, match="init_from"):
-        build(step=2)
+    with pytest.raises(ValueError, match="init_from"):  # training without step 1 is refused
+        build("damcnn").prepare(*map(tiny_split().__getattribute__, ("images", "targets")))
 
 
 def test_step2_freezes_trunk_and_serd(step1_checkpoint):
     path, _ = step1_checkpoint
     torch.manual_seed(0)
-    model = build(step=2, init_from=path)
+    model = build("damcnn", init_from=path)
     split = tiny_split()
     model.prepare(split.images, split.targets)
     frozen = [*model.trunk.parameters(), *model.serd.parameters()]
@@ -111,7 +113,7 @@ def test_step2_freezes_trunk_and_serd(step1_checkpoint):
 def test_step2_gradients_follow_eq10_and_eq11(step1_checkpoint):
     """Loss = J_all + lambda L_ce; the MPAE gets its gradient, the FC layers L_ce's alone."""
     path, _ = step1_checkpoint
-    model = build(step=2, init_from=path).eval()  # no dropout: both passes see the same net
+    model = build("damcnn", init_from=path).eval()  # no dropout: both passes see the same net
     split = tiny_split()
     model.prepare(split.images, split.targets)
     x, y = train.as_input(split.images[:6], torch.device("cpu")), split.targets[:6]
@@ -133,7 +135,7 @@ def test_step2_gradients_follow_eq10_and_eq11(step1_checkpoint):
 
 def test_decoders_reconstruct_same_class_samples(step1_checkpoint):
     path, _ = step1_checkpoint
-    model = build(step=2, init_from=path)
+    model = build("damcnn", init_from=path)
     split = tiny_split()
     model.prepare(split.images, split.targets)
     labels = torch.tensor([0, 1, 2, 2, 1])
@@ -148,7 +150,7 @@ def test_decoders_reconstruct_same_class_samples(step1_checkpoint):
 def test_step1_learns_a_separable_toy_task():
     torch.manual_seed(0)
     model = build()
-    optimizer = train.make_optimizer(model, get("damcnn").hyperparameters(
+    optimizer = train.make_optimizer(model, get("vgg_serd").hyperparameters(
         {"optimizer": "adam", "lr": 1e-3}))
     split = tiny_split()
     x = train.as_input(split.images, torch.device("cpu"))
@@ -167,7 +169,7 @@ def test_step2_fit_resumes_exactly(step1_checkpoint, tmp_path):
     """fit calls prepare; 1 epoch + resume to 2 equals 2 epochs in one go."""
     path, _ = step1_checkpoint
     spec = get("damcnn")
-    hp = spec.hyperparameters({**TINY, "step": 2, "init_from": path, "epochs": 2,
+    hp = spec.hyperparameters({**TINY, "init_from": path, "epochs": 2,
                                "patience": 9, "batch_size": 8, "lr": 1e-3})
 
     def run(folder, epochs):

@@ -89,11 +89,8 @@ def _check_references(config: dict) -> None:
                     f"config key 'studies.{i}.models.{j}': unknown model '{model}' "
                     f"(registered: {', '.join(REGISTRY)})"
                 )
-            if getattr(REGISTRY[model].cls, "extra_channels", ()):
-                raise ConfigError(
-                    f"config key 'studies.{i}.models.{j}': {model} takes AU attention maps "
-                    "as a second input channel, which the workflow does not feed yet"
-                )
+        if "pretrain" in study:
+            _check_pretrain(config, study, f"studies.{i}.pretrain")
     for name, overrides in config["models"].items():
         if name not in REGISTRY:
             raise ConfigError(
@@ -105,6 +102,25 @@ def _check_references(config: dict) -> None:
                 f"config key 'models.{name}.{unknown[0]}': not a hyperparameter of {name} "
                 f"(it has: {', '.join(sorted(REGISTRY[name].defaults))})"
             )
+
+
+def _check_pretrain(config: dict, study: dict, key: str) -> None:
+    """A pretraining stage names a defined dataset and protocol other than the study's own,
+    and at least one of the study's models can start from other weights."""
+    from ferbench.models import REGISTRY
+
+    pretrain = study["pretrain"]
+    for field, defined in (("dataset", config["datasets"]), ("protocol", config["protocols"])):
+        if pretrain[field] not in defined:
+            raise ConfigError(f"config key '{key}.{field}': unknown {field} "
+                              f"'{pretrain[field]}' (defined: {', '.join(defined)})")
+    if (pretrain["dataset"], pretrain["protocol"]) == (study["dataset"], study["protocol"]):
+        raise ConfigError(f"config key '{key}': a study cannot pretrain on its own dataset "
+                          "and protocol")
+    if not any(REGISTRY[model].can_pretrain for model in study["models"]):
+        able = ", ".join(name for name, spec in REGISTRY.items() if spec.can_pretrain)
+        raise ConfigError(f"config key '{key}': none of {', '.join(study['models'])} can start "
+                          f"from pretrained weights (models that can: {able})")
 
 
 def load(path: str | Path) -> dict:

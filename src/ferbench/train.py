@@ -71,17 +71,22 @@ def make_deterministic(seed: int, threads: int) -> None:
 
 @dataclass
 class Split:
-    """Images (N, 1, S, S) uint8 and integer targets, resized once to the model's input size."""
+    """Images (N, C, S, S) uint8 and integer targets, resized once to the model's input size.
+
+    C is 1 (the face) plus the model's extra channels (inputs.stack_channels)."""
 
     images: torch.Tensor
     targets: torch.Tensor
 
     @classmethod
     def from_arrays(cls, faces: np.ndarray, targets, input_size: int) -> "Split":
-        if len(faces) and faces.shape[1] != input_size:
-            faces = np.stack([cv2.resize(f, (input_size, input_size), interpolation=cv2.INTER_AREA)
-                              for f in faces])
-        faces = faces.reshape(len(faces), 1, input_size, input_size)
+        """`faces` is (N, S, S) or (N, C, S, S) uint8."""
+        faces = faces[:, None] if faces.ndim == 3 else faces
+        if len(faces) and faces.shape[-1] != input_size:
+            faces = np.stack([[cv2.resize(channel, (input_size, input_size),
+                                          interpolation=cv2.INTER_AREA) for channel in face]
+                              for face in faces])
+        faces = faces.reshape(len(faces), -1, input_size, input_size)
         return cls(torch.from_numpy(np.ascontiguousarray(faces)),
                    torch.as_tensor(np.array(targets), dtype=torch.long))
 

@@ -1,6 +1,6 @@
 # Shared by every rule: the validated config and the path templates of ferbench.paths.
 from ferbench import config as ferbench_config
-from ferbench import paths, splits
+from ferbench import models, paths, splits
 
 config.update(ferbench_config.validate(config))
 RESULTS = config["results"]
@@ -49,6 +49,31 @@ def cross_dataset_faces_table(wildcards):
     return (
         [] if tested == wildcards.dataset else path(paths.FACES_TABLE, dataset=tested)
     )
+
+
+def model_extras(wildcards, dataset):
+    """Named inputs a model needs beyond the faces: the landmarks its AU attention channel
+    is drawn from, on `dataset` (the one trained or tested on)."""
+    if models.get(wildcards.model).extra_channels:
+        return {"landmarks": path(paths.LANDMARKS_ARRAY, dataset=dataset)}
+    return {}
+
+
+def train_extras(wildcards):
+    """A training job's extra inputs: its model's channels and the weights it starts from
+    (step 1's model.pt of the same fold, or the pretraining stage's)."""
+    extras = model_extras(wildcards, wildcards.dataset)
+    init = paths.initial_weights(
+        config, wildcards.dataset, wildcards.protocol, wildcards.model
+    )
+    if init:
+        extras["init"] = init.format(fold=wildcards.fold)
+    return extras
+
+
+def evaluate_extras(wildcards):
+    tested = paths.test_dataset(config, wildcards.dataset, wildcards.protocol)
+    return model_extras(wildcards, tested)
 
 
 def fold_numbers(protocol):

@@ -1,6 +1,7 @@
 rule evaluate:
     """Test-set metrics of one fold; closes its MLflow run with metrics and artifacts."""
     input:
+        unpack(evaluate_extras),
         faces=tested_faces_array,
         folds=path(paths.FOLDS),
         model=path(paths.MODEL),

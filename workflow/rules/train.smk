@@ -1,6 +1,10 @@
 rule train:
-    """Train one fold of one model; checkpoints every epoch and resumes after a kill."""
+    """Train one fold of one model; checkpoints every epoch and resumes after a kill.
+
+    A model may start from another run's weights (train_extras): DAM-CNN's step 2 from the
+    same fold's VGG-SERD, or a study's models from their pretraining stage."""
     input:
+        unpack(train_extras),
         faces=path(paths.FACES_ARRAY),
         folds=path(paths.FOLDS),
         augment_array=path(paths.AUGMENT_ARRAY),

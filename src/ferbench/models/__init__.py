@@ -16,10 +16,30 @@ from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, mobilenet
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A registered model.
+
+    `fixed` are constructor arguments the config cannot override (which DAM-CNN step a
+    registry entry is). `starts_from` names the model whose `model.pt` of the same fold this
+    one starts from, a DAG edge the workflow fills into `init_from` (DAM-CNN's step 2 on
+    step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
+    pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
+    """
+
     name: str
     cls: type[nn.Module]
     defaults: dict = field(default_factory=dict)
     paper: str = ""
+    fixed: dict = field(default_factory=dict)
+    starts_from: str = ""
+
+    @property
+    def can_pretrain(self) -> bool:
+        return "init_from" in self.defaults and not self.starts_from
+
+    @property
+    def extra_channels(self) -> tuple[str, ...]:
+        """Input channels after the face (an AU attention map), fed by the workflow."""
+        return getattr(self.cls, "extra_channels", ())
 
     def input_size(self, hyperparameters: dict | None = None) -> int:
         """Side of the square input: the paper's, unless the config overrides `input_size`."""
@@ -34,7 +54,7 @@ class ModelSpec:
         return {**self.defaults, **(overrides or {})}
 
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
-        return self.cls(num_classes, **hyperparameters)
+        return self.cls(num_classes, **hyperparameters, **self.fixed)
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -42,7 +62,11 @@ REGISTRY: dict[str, ModelSpec] = {
                          "deepfer-attentional-cnn.txt"),
     "deep_emotion": ModelSpec("deep_emotion", deep_emotion.DeepEmotion, deep_emotion.DEFAULTS,
                               "Minaee & Abdolrashidi 2019 (DeepFER's baseline)"),
-    "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS, "dam-cnn-serd-mpvs.txt"),
+    "vgg_serd": ModelSpec("vgg_serd", damcnn.DAMCNN, damcnn.VGG_SERD_DEFAULTS,
+                          "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1}),
+    "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS,
+                        "dam-cnn-serd-mpvs.txt (step 2)", fixed={"step": 2},
+                        starts_from="vgg_serd"),
     "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
                               "mobilenet-center-loss-realtime-fer.txt"),
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,

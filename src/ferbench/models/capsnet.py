@@ -23,9 +23,10 @@ DigitCaps, decoder). The paper gives no input size for `capsnet`; it keeps Sabou
 (1152 primary capsules): at 224 its DigitCaps would hold 310M weights.
 
 Input: attention models (`extra_channels = ("au_attention",)`) take x of shape (B, 2, S, S):
-channel 0 the face in [-1, 1], channel 1 its AU attention map in [0, 1]
-(`au_attention.attention_map(landmarks, face_side, S)`), appended by the data pipeline so the
-training loop stays generic. The others take (B, 1, S, S).
+channel 0 the face, channel 1 its AU attention map (`au_attention.attention_map`), both
+scaled like images to [-1, 1] (the map's weights w in [0, 1] as 2w - 1). The data pipeline
+appends the map (ferbench.inputs) so the training loop stays generic. The others take
+(B, 1, S, S).
 
 `width` scales the VGG and conv channels (not the capsules) so tests and the CPU demo can run
 at small input sizes; capsule variants on VGG need input_size >= 64 (a 2x2 trunk output).
@@ -168,6 +169,11 @@ class CapsuleHead(nn.Module):
             self.reconstruct(capsules, targets), target_face)
         return loss, lengths
 
+    def representations(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class capsule lengths (the scores) and their 16D poses (E2-Capsnet Fig. 3's t-SNE)."""
+        capsules = self.capsules(features)
+        return {"capsule_lengths": capsules.norm(dim=-1), "capsule_poses": capsules.flatten(1)}
+
 
 class VGGClassifier(nn.Module):
     """VGG's FC 4096 - FC 4096 - FC K head with dropout, trained with cross-entropy."""
@@ -192,6 +198,10 @@ class VGGClassifier(nn.Module):
     def objective(self, features, face, targets):
         logits = self(features)
         return F.cross_entropy(logits, targets), logits
+
+    def representations(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The second 4096-wide FC layer's output, the last before the class scores."""
+        return {"fc_feature": self.layers[:-1](features)}
 
 
 class AttentiveVGG(nn.Module):
@@ -232,13 +242,25 @@ class FeaturesAndHead(FERModel):
         if x.shape[1] != expected:
             raise ValueError(f"{type(self).__name__} takes {expected} input channels (face"
                              f"{''.join(', ' + c for c in self.extra_channels)}), got {x.shape[1]}")
-        return self.features(x[:, :1], x[:, 1:2] if self.extra_channels else None)
+        # The map travels like an image, scaled to [-1, 1] by train.as_input: back to [0, 1].
+        return self.features(x[:, :1], (x[:, 1:2] + 1) / 2 if self.extra_channels else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self._features(x))
 
     def objective(self, x, targets):
         return self.head.objective(self._features(x), x[:, :1], targets)
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The AU attention map the model was given (channel 1, back in [0, 1] as `_features`
+        reads it), beside the gradient saliency over the face."""
+        maps = super().attention_maps(x)
+        if self.extra_channels:
+            maps = {"au_attention": (x[:, 1] + 1) / 2, **maps}
+        return maps
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head.representations(self._features(x))
 
 
 class VGGExpressionNet(FeaturesAndHead):

@@ -2,13 +2,15 @@
 
 VGG-Face conv trunk (VGG16 layout, Table 1) -> SERD, an attentive mask over the last pooled
 feature map (Eq. 1-3) -> MPVS-Net, a multi-path autoencoder whose code feeds two FC layers
-(Eq. 6-11). The paper trains in two steps (Algorithm 1), here the hyperparameter `step`:
+(Eq. 6-11). The paper trains in two steps (Algorithm 1), registered as two models so the
+workflow runs them as two jobs joined by a DAG edge (`ModelSpec.starts_from`):
 
-1. VGG-SERD: trunk + SERD + VGG's FC classifier (last layer re-initialised for K classes),
-   fine-tuned on Eq. 4 = cross-entropy + L_reg.
-2. DAM-CNN: the trunk and SERD come from step 1's `model.pt` (`init_from`) and are frozen; the
-   FC classifier is replaced by MPVS-Net, trained on Eq. 11 (sum of reconstruction losses +
-   lambda x cross-entropy) with the FC layers on cross-entropy alone (Eq. 10).
+1. `vgg_serd`: trunk + SERD + VGG's FC classifier (last layer re-initialised for K classes),
+   fine-tuned on Eq. 4 = cross-entropy + L_reg. The paper reports it on its own too.
+2. `damcnn`: the trunk and SERD come from the same fold's `vgg_serd` `model.pt` (`init_from`,
+   filled in by the workflow) and are frozen; the FC classifier is replaced by MPVS-Net,
+   trained on Eq. 11 (sum of reconstruction losses + lambda x cross-entropy) with the FC
+   layers on cross-entropy alone (Eq. 10).
 
 VGG-Face weights (`pretrained`, a path or URL checked against `pretrained_sha256`) start
 step 1's trunk; without them it starts from random init. Step 2 takes all of its trunk and
@@ -17,8 +19,8 @@ SERD from `init_from`.
 Decisions where the paper is silent: it names learning rates only (alpha_S = 1e-5 for
 VGG-SERD, alpha_M = alpha_fc = 1e-4 for MPVS-Net), so DEFAULTS take SGD with momentum 0.9 (the
 usual fine-tuning of a Caffe-era VGG), batch 32, and up to 50 epochs with early stopping on
-the validation split for "until the loss converges". `lr` defaults to step 1's 1e-5; a step-2
-job sets it to 1e-4. Dropout 0.5 acts on the MPAE code and after every hidden FC layer.
+the validation split for "until the loss converges". `lr` is step 1's 1e-5 for `vgg_serd`
+and 1e-4 for `damcnn`. Dropout 0.5 acts on the MPAE code and after every hidden FC layer.
 `width` scales the trunk's channels and the 4096-wide layers alike, and the flattened feature
 size (512 x 7 x 7 = 25088 at 224) follows from `input_size` and `width`, so tests run tiny.
 
@@ -39,9 +41,8 @@ from ferbench.models.base import FERModel
 from ferbench.models.losses import mpae_reconstruction, serd_regulariser
 from ferbench.models.vgg import VGGTrunk, load_pretrained, scaled_channels
 
-DEFAULTS = {
-    "step": 1,
-    "init_from": "",
+#: Step 1, VGG-SERD (Eq. 4): alpha_S = 1e-5.
+VGG_SERD_DEFAULTS = {
     "pretrained": "",
     "pretrained_sha256": "",
     "optimizer": "sgd",
@@ -52,12 +53,19 @@ DEFAULTS = {
     "epochs": 50,
     "patience": 10,
     "dropout": 0.5,
-    "decoders": 5,
-    "lambda_ce": 20.0,
     "gamma1": 1e-3,
     "gamma2": 1e-4,
     "width": 1.0,
     "input_size": 224,
+}
+#: Step 2, MPVS-Net (Eq. 11): alpha_M = alpha_fc = 1e-4, N = 5 decoders, lambda = 20.
+#: `width` and `input_size` must match the step-1 model it starts from.
+DEFAULTS = {
+    **{k: v for k, v in VGG_SERD_DEFAULTS.items() if not k.startswith("pretrained")},
+    "lr": 1e-4,
+    "init_from": "",
+    "decoders": 5,
+    "lambda_ce": 20.0,
 }
 
 #: Images per trunk pass when `prepare` caches the training split's salient features.
@@ -136,10 +144,8 @@ class DAMCNN(FERModel):
                              f"got {input_size}")
         if decoders < 1:
             raise ValueError(f"MPVS-Net needs at least one decoder, got {decoders}")
-        if step == 2 and not init_from:
-            raise ValueError("damcnn step 2 trains MPVS-Net on the frozen VGG-SERD of step 1: "
-                             "set init_from to step 1's model.pt")
         self.step, self.num_classes = step, num_classes
+        self.init_from = init_from
         self.lambda_ce, self.gamma1, self.gamma2 = lambda_ce, gamma1, gamma2
         self.trunk = VGGTrunk("vgg16", in_channels=1, width=width)
         self.serd = SERD(self.trunk.out_channels)
@@ -155,7 +161,8 @@ class DAMCNN(FERModel):
                 load_pretrained(self.trunk, pretrained, pretrained_sha256)
         else:
             self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
-            self._load_vgg_serd(init_from)
+            if init_from:  # empty when a trained damcnn is loaded from its own state dict
+                self._load_vgg_serd(init_from)
             for frozen in (self.trunk, self.serd):
                 frozen.requires_grad_(False)
         self._target_features: torch.Tensor | None = None
@@ -163,8 +170,8 @@ class DAMCNN(FERModel):
     def _load_vgg_serd(self, path: str) -> None:
         """Trunk and SERD weights from a step-1 `model.pt` (jobs.train_fold's format)."""
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        if saved.get("model") != "damcnn" or saved.get("hyperparameters", {}).get("step") != 1:
-            raise ValueError(f"{path} is not a damcnn step-1 (VGG-SERD) model")
+        if saved.get("model") != "vgg_serd":
+            raise ValueError(f"{path} is not a vgg_serd model (DAM-CNN's step 1)")
         for name in ("trunk", "serd"):
             prefix = f"{name}."
             getattr(self, name).load_state_dict(
@@ -214,6 +221,9 @@ class DAMCNN(FERModel):
         """
         if self.step == 1:
             return
+        if not self.init_from:
+            raise ValueError("damcnn trains MPVS-Net on the frozen VGG-SERD of step 1: "
+                             "set init_from to a vgg_serd model.pt")
         from ferbench.train import as_input  # train imports the model registry
 
         was_training = self.training
@@ -252,3 +262,16 @@ class DAMCNN(FERModel):
         uniform = torch.rand(len(self.mpvs.decoders), len(labels), generator=generator)
         offsets = torch.minimum((uniform * sizes).long(), sizes - 1)  # float rounding
         return self._class_members[self._class_starts[labels] + offsets]
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """SERD's mask M (Eq. 1) at the trunk's resolution (the caller upsamples it bilinearly,
+        as the paper's Fig. 8 heatmaps), beside the gradient saliency over the face."""
+        _, mask = self.salient_features(x)
+        return {"serd_mask": mask[:, 0], **super().attention_maps(x)}
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fig. 6's R_2 (salient features h_s) and R_3: MPVS-Net's code h (Eq. 6) in step 2,
+        the last hidden FC layer's output in step 1."""
+        salient, _ = self.salient_features(x)
+        high_level = self.mpvs.encode(salient) if self.step == 2 else self.head[:-1](salient)
+        return {"salient_features": salient, "high_level": high_level}

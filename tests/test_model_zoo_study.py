@@ -1,0 +1,119 @@
+"""The model zoo as one real study: the E2-Capsnet ablation, DAM-CNN's two steps and
+MobileNet-CL's two stages run through Snakemake on tiny settings, with their DAG edges."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_config
+from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
+
+pytestmark = pytest.mark.slow
+
+#: E2-Capsnet Table 1's ablation, DAM-CNN's steps and MobileNet-CL, at sizes a CPU trains in
+#: seconds (the capsule variants need a 2x2 VGG output: 64 px).
+TINY_MODELS = {
+    "vgg16": {"input_size": 32, "width": 1 / 16},
+    "avggnet": {"input_size": 32, "width": 1 / 16},
+    "capsnet": {"input_size": 28, "width": 1 / 16},
+    "rccnet": {"input_size": 64, "width": 1 / 16},
+    "e2capsnet": {"input_size": 64, "width": 1 / 16},
+    "decapsnet": {"input_size": 64, "width": 1 / 16},
+    "vgg_serd": {"input_size": 64, "width": 1 / 16},
+    "damcnn": {"input_size": 64, "width": 1 / 16, "decoders": 2},
+    "mobilenet_cl": {"width": 0.25},
+}
+FOLDS = 2
+
+
+def zoo_config() -> dict:
+    config = tiny_config(Path("results"))
+    synthetic = config["datasets"]["synthetic"]
+    # Other identities (another seed) stand in for FER2013 as the pretraining dataset.
+    config["datasets"]["pretrain"] = {**synthetic, "generate": {**synthetic["generate"],
+                                                                "seed": 7}}
+    config["protocols"]["subject_5fold"].update(folds=FOLDS, val_fraction=0.25)
+    config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
+                          "models": list(TINY_MODELS),
+                          "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold"}}]
+    config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}
+                        for name, sizes in TINY_MODELS.items()}
+    return config
+
+
+def dag_edges(dot: str) -> list[tuple[str, str]]:
+    """(parent, child) job labels of `snakemake --dag`. A label is the rule and the wildcards
+    the job adds to its parents', e.g. "train model=damcnn" (dataset, protocol and fold come
+    from its parent, step 1's training job)."""
+    labels = {}
+    for node, label in re.findall(r'^\s*(\d+)\[label = "([^"]*)"', dot, flags=re.M):
+        labels[node] = " ".join(part.replace(": ", "=") for part in label.split("\\n"))
+    return [(labels[a], labels[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", dot, flags=re.M)]
+
+
+@pytest.fixture(scope="module")
+def zoo_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("zoo")
+    write_config(workdir, zoo_config())
+    dot = run_snakemake(workdir, "--dag").stdout
+    run_snakemake(workdir, timeout=1500)
+    return workdir / "results", dot
+
+
+def test_dag_shows_the_two_step_and_two_stage_edges(zoo_study):
+    _, dot = zoo_study
+    edges = dag_edges(dot)
+    # DAM-CNN step 1 -> step 2, once per fold.
+    assert edges.count(("train model=vgg_serd", "train model=damcnn")) == FOLDS
+    # MobileNet-CL's stage 1 (fold 0 on the pretraining dataset) -> every fold's stage 2,
+    # whose wildcards all come from its parents.
+    assert edges.count(("train model=mobilenet_cl", "train")) == FOLDS
+    # The AU-attention models read the landmarks stage; models without attention do not.
+    children = [child for parent, child in edges if parent.startswith("landmarks")]
+    for model in ("e2capsnet", "decapsnet", "avggnet"):
+        assert children.count(f"train model={model}") == FOLDS, model
+    assert "train model=vgg16" not in children and "train model=rccnet" not in children
+
+
+def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
+    results, _ = zoo_study
+    report = (results / "report.html").read_text()
+    for model in TINY_MODELS:
+        summary = json.loads((results / "synthetic/subject_5fold" / model /
+                              "summary.json").read_text())
+        assert len(summary["folds"]) == FOLDS, model
+        assert 0.0 <= summary["accuracy_mean"] <= 1.0
+        assert model in report
+    parents, children = mlflow_runs(results)
+    assert len(parents) == len(TINY_MODELS)
+    # One fold run per model and fold, plus the pretraining stage's (never evaluated).
+    assert len(children) == len(TINY_MODELS) * FOLDS + 1
+
+
+def test_step_two_keeps_step_one_trunk_and_serd_frozen(zoo_study):
+    results, _ = zoo_study
+    for fold in range(FOLDS):
+        step1, step2 = (torch.load(results / "synthetic/subject_5fold" / model / f"fold{fold}" /
+                                   "model.pt", weights_only=False)["state_dict"]
+                        for model in ("vgg_serd", "damcnn"))
+        shared = [key for key in step1 if key.startswith(("trunk.", "serd."))]
+        assert shared
+        for key in shared:
+            assert torch.equal(step1[key], step2[key]), key
+
+
+def test_stage_two_starts_from_the_pretraining_stage(zoo_study):
+    results, _ = zoo_study
+    stage1 = Path(results.name) / "pretrain/subject_5fold/mobilenet_cl/fold0/model.pt"
+    assert (results.parent / stage1).is_file()
+    _, children = mlflow_runs(results)
+    stage2 = [run for run in children if run.data.params["model"] == "mobilenet_cl"
+              and run.data.params["dataset"] == "synthetic"]
+    assert len(stage2) == FOLDS
+    for run in stage2:
+        assert run.data.params["init_from"] == str(stage1)
