@@ -1,0 +1,26 @@
+rule dcgan:
+    """DE-Capsnet's DCGAN augmentation: one DCGAN per class of a fold's training faces only."""
+    input:
+        faces=path(paths.FACES_ARRAY),
+        folds=path(paths.FOLDS),
+    output:
+        array=path(paths.DCGAN_ARRAY),
+        table=path(paths.DCGAN_TABLE),
+        samples=path(paths.DCGAN_SAMPLES),
+    log:
+        log_path("dcgan", "{dataset}/{protocol}/fold{fold}"),
+    benchmark:
+        benchmark_path("dcgan", "{dataset}/{protocol}/fold{fold}")
+    conda:
+        "../envs/ferbench.yaml"
+    threads: config["train_threads"]
+    resources:
+        mem_mb=4000,
+        runtime=240,
+        gpu=config["train_gpus"],
+    params:
+        options=config["dcgan"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/dcgan.py"
