@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from ferbench import augment as augment_mod
-from ferbench import evaluate, faces, models, splits, tracking
+from ferbench import evaluate, faces, inputs, models, splits, tracking
 from ferbench import gan_augment
 from ferbench import train as train_mod
 from ferbench.data import manifest as manifest_mod
@@ -51,9 +51,9 @@ def fetch(dataset: dict, raw_dir, seed: int, progress: bool = True) -> None:
     if dataset["source"] == "generate":
         from ferbench.data import synthetic
 
-        options = dict(dataset["generate"])
+        options = {"seed": seed, **dataset["generate"]}
         options["frame_size"] = tuple(options["frame_size"])
-        table = synthetic.generate(raw_dir, seed=seed, progress=progress, **options)
+        table = synthetic.generate(raw_dir, progress=progress, **options)
         table.to_csv(raw_dir / "manifest.csv", index=False, lineterminator="\n")
     elif dataset["source"] == "url":
         from ferbench.data import download
@@ -134,6 +134,7 @@ def augment_fold(faces_array, folds_path, fold: int, options: dict, seed: int, o
     np.save(out_array, array)
     table.to_csv(out_table, index=False, lineterminator="\n")
 
+
 # -- 4b. DCGAN augmentation ------------------------------------------------------------------
 
 def dcgan_fold(faces_array, folds_path, fold: int, options: dict, seed: int, out_array,
@@ -161,13 +162,34 @@ def protocol_labels(folds: pd.DataFrame) -> list[str]:
     return [label for label in CANONICAL_LABELS if label in present]
 
 
-def _role_split(faces_array: np.ndarray, folds: pd.DataFrame, fold: int, role: str, labels,
-                input_size: int) -> tuple[train_mod.Split, pd.DataFrame]:
+def _landmarks(paths: dict) -> np.ndarray | None:
+    return np.load(paths["landmarks"]) if paths.get("landmarks") else None
+
+
+def role_split(paths: dict, folds: pd.DataFrame, fold: int, role: str, labels, model: str,
+               input_size: int) -> tuple[train_mod.Split, pd.DataFrame]:
+    """The val or test faces of a fold (`paths["faces"]`) as `model` takes them: with its
+    extra channels (AU maps from `paths["landmarks"]`), at its input size."""
     part = folds[(folds["fold"] == fold) & (folds["role"] == role)]
+    uids = part["uid"].to_numpy()
+    images = inputs.stack_channels(np.load(paths["faces"])[uids],
+                                   models.get(model).extra_channels, uids, _landmarks(paths))
     index = train_mod.class_index(labels)
-    split = train_mod.Split.from_arrays(faces_array[part["uid"].to_numpy()],
-                                        part["label"].map(index).to_numpy(), input_size)
+    split = train_mod.Split.from_arrays(images, part["label"].map(index).to_numpy(), input_size)
     return split, part
+
+
+def training_split(paths: dict, labels, model: str, input_size: int) -> train_mod.Split:
+    """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
+    with the model's extra channels moved exactly as each augmented face was."""
+    tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
+              for key in ("augment_table", "dcgan_table") if paths.get(key)]
+    arrays = [np.load(paths[key]) for key in ("augment_array", "dcgan_array") if paths.get(key)]
+    table = pd.concat(tables, ignore_index=True).fillna(augment_mod.IDENTITY)
+    images = inputs.stack_channels(np.concatenate(arrays), models.get(model).extra_channels,
+                                   table["uid"].to_numpy(), _landmarks(paths), table)
+    index = train_mod.class_index(labels)
+    return train_mod.Split.from_arrays(images, table["label"].map(index).to_numpy(), input_size)
 
 
 def study_tags(study: dict) -> dict:
@@ -190,21 +212,20 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     hp = spec.hyperparameters(config["models"].get(study["model"]))
     folds = read_folds(paths["folds"])
     labels = protocol_labels(folds)
-    index = train_mod.class_index(labels)
-    augmented = pd.read_csv(paths["augment_table"], dtype={"subject": str}, keep_default_na=False)
-    train_split = train_mod.Split.from_arrays(np.load(paths["augment_array"]),
-                                              augmented["label"].map(index).to_numpy(),
-                                              spec.input_size(hp))
-    faces_array = np.load(paths["faces"])
-    val_split, _ = _role_split(faces_array, folds, fold, "val", labels, spec.input_size(hp))
+    if paths.get("init"):  # the DAG edge from step 1 or the pretraining stage
+        hp.update(init_from=paths["init"], **({"init_sha256": ""} if "init_sha256" in hp else {}))
+    train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
+    val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
+                              spec.input_size(hp))
 
     tracker = _tracker(config)
     checkpoint = Path(paths["checkpoint"])
-    inputs = [paths[k] for k in ("faces", "folds", "augment_array", "augment_table")]
+    files = [paths[k] for k in ("faces", "folds", "augment_array", "augment_table", "landmarks",
+                                "dcgan_array", "dcgan_table") if paths.get(k)]
     if hp.get("init_from") and Path(hp["init_from"]).is_file():  # a retrained stage 1 counts
-        inputs.append(hp["init_from"])
+        files.append(hp["init_from"])
     fingerprint = hashlib.sha256(json.dumps(
-        [hp, seed, labels, threads, device.type, *map(file_sha256, inputs)],
+        [hp, seed, labels, threads, device.type, *map(file_sha256, files)],
         sort_keys=True).encode()).hexdigest()
     resumed = train_mod.load_checkpoint(checkpoint, fingerprint, torch.device("cpu"))
     extra = resumed["state"]["extra"] if resumed else {}
@@ -257,7 +278,11 @@ def _tracker(config: dict) -> tracking.Tracker:
 def load_model(path, device: torch.device | None = None):
     """A trained model and its labels from a `model.pt` written by train_fold."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    model = models.get(saved["model"]).build(len(saved["labels"]), saved["hyperparameters"])
+    # The state dict holds every weight: what the model started from is not read again.
+    hp = {**saved["hyperparameters"]}
+    if "init_from" in hp:
+        hp["init_from"] = ""
+    model = models.get(saved["model"]).build(len(saved["labels"]), hp)
     model.load_state_dict(saved["state_dict"])
     return model.to(device or torch.device("cpu")).eval(), saved
 
@@ -270,8 +295,8 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     device = train_mod.select_device(config["device"])
     model, saved = load_model(paths["model"], device)
     folds = read_folds(paths["folds"])
-    test_split, test_rows = _role_split(np.load(paths["faces"]), folds, fold, "test",
-                                        saved["labels"], saved["input_size"])
+    test_split, test_rows = role_split(paths, folds, fold, "test", saved["labels"],
+                                       saved["model"], saved["input_size"])
     probs = train_mod.predict(model, test_split, device)
     predicted = probs.argmax(1).numpy() if len(probs) else np.zeros(0, int)
     metrics = evaluate.classification_metrics(test_split.targets.numpy(), predicted,
@@ -298,6 +323,41 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
         tracker.log_artifact(run_id, paths[key], "model" if key == "model" else None)
     tracker.finish(run_id)
     return metrics
+
+
+# -- 6b. explain -----------------------------------------------------------------------------
+
+def study_context(study: dict, config: dict) -> dict:
+    """What the papers' tables are matched on: dataset adapter, protocol kind and options."""
+    protocol = config["protocols"][study["protocol"]]
+    tested = protocol.get("test_dataset", study["dataset"])  # a cross-dataset protocol's
+    return {**{k: study[k] for k in ("dataset", "protocol", "model")},
+            "adapter": config["datasets"][study["dataset"]]["adapter"],
+            "test_adapter": config["datasets"][tested]["adapter"],
+            "kind": protocol["kind"], "class_set": protocol["class_set"],
+            "frames": protocol["frames"], "folds": splits.fold_count(protocol)}
+
+
+def explain_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
+    """Attention heatmaps and t-SNE of one fold's test faces (explain.py); `paths` holds the
+    evaluate stage's faces, folds (and landmarks) and model, and attention/tsne/info outputs."""
+    from ferbench import explain
+
+    torch.set_num_threads(max(1, threads))
+    device = train_mod.select_device(config["device"])
+    model, saved = load_model(paths["model"], device)
+    folds = read_folds(paths["folds"])
+    test_split, test_rows = role_split(paths, folds, fold, "test", saved["labels"],
+                                       saved["model"], saved["input_size"])
+    info = explain.explain(model, test_split.images, test_split.targets, saved["labels"],
+                           paths["attention"], paths["tsne"], config["seed"],
+                           study_context(study, config))
+    uids = test_rows["uid"].to_numpy()
+    for sample in info["samples"]:
+        sample["uid"] = int(uids[sample["index"]])
+    info.update(fold=fold)
+    write_json(paths["info"], info)
+    return info
 
 
 # -- 7. summarise ----------------------------------------------------------------------------

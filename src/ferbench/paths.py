@@ -7,6 +7,7 @@ templates, so the two views of the DAG cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from ferbench import splits
 
@@ -41,6 +42,14 @@ CHECKPOINT = FOLD_DIR + "/checkpoint.pt"
 METRICS = FOLD_DIR + "/metrics.json"
 PREDICTIONS = FOLD_DIR + "/predictions.csv"
 SUMMARY = "{results}/{dataset}/{protocol}/{model}/summary.json"
+
+# Explain stage, on fold 0 of a study: attention heatmaps, t-SNE, and what they show.
+STUDY_DIR = "{results}/{dataset}/{protocol}/{model}"
+EXPLAIN_ATTENTION = STUDY_DIR + "/explain/attention.png"
+EXPLAIN_TSNE = STUDY_DIR + "/explain/tsne.png"
+EXPLAIN_INFO = STUDY_DIR + "/explain/explain.json"
+EXPLAIN = (EXPLAIN_ATTENTION, EXPLAIN_TSNE, EXPLAIN_INFO)
+EXPLAINED_FOLD = 0
 
 # Study level.
 REPORT = "{results}/report.html"
@@ -85,6 +94,38 @@ def summaries(config: dict) -> list[str]:
         fill(SUMMARY, config, dataset=s.dataset, protocol=s.protocol, model=s.model)
         for s in studies(config)
     ]
+
+
+def explanations(config: dict) -> list[str]:
+    """Every study's explain-stage files, in study order."""
+    return [fill(template, config, dataset=s.dataset, protocol=s.protocol, model=s.model)
+            for s in studies(config) for template in EXPLAIN]
+
+
+def beside_summary(template: str, summary_path) -> Path:
+    """A study-level file (a STUDY_DIR template) of the study whose summary.json is given."""
+    return Path(summary_path).parent / template.removeprefix(STUDY_DIR + "/")
+
+
+def initial_weights(config: dict, dataset: str, protocol: str, model: str) -> str:
+    """The `model.pt` template (with `{fold}` left open) a training job starts from, or "".
+
+    Two kinds of DAG edge: a model that `starts_from` another (DAM-CNN's step 2 on the same
+    fold's VGG-SERD), and a study's `pretrain:` (MobileNet-CL's stage 2 on fold 0 of the
+    same model trained on the pretraining dataset, FER2013 in the paper).
+    """
+    from ferbench.models import get  # torch: only where a model is named
+
+    spec = get(model)
+    if spec.starts_from:
+        return fill(MODEL, config, dataset=dataset, protocol=protocol, model=spec.starts_from)
+    for entry in config["studies"]:
+        pretrain = entry.get("pretrain")
+        if (pretrain and spec.can_pretrain and model in entry["models"]
+                and (entry["dataset"], entry["protocol"]) == (dataset, protocol)):
+            return fill(MODEL, config, dataset=pretrain["dataset"],
+                        protocol=pretrain["protocol"], model=model, fold=0)
+    return ""
 
 
 def test_dataset(config: dict, dataset: str, protocol: str) -> str:
