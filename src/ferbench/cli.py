@@ -75,6 +75,34 @@ def _dvc_yaml(args) -> int:
     return 0
 
 
+def _live(args) -> int:
+    import torch
+
+    from ferbench import live
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        import cv2
+
+        cv2.setNumThreads(args.threads)
+    out_dir = Path(args.output)
+    device = torch.device(args.device if args.device != "auto" else
+                          "cuda" if torch.cuda.is_available() else "cpu")
+    path = live.model_path(args.model, args.run_id, args.tracking_uri, out_dir / "model")
+    model = live.load_live_model(path, device)
+    source = live.open_source(args.source, args.fps)
+    display = args.display and live.display_available()
+    if args.display and not display:
+        print("ferbench live: no display (or an OpenCV without GUI): running headless",
+              file=sys.stderr)
+    with live.Recognizer(model, device, args.detect_scale) as recognizer:
+        summary = live.run(source, recognizer, out_dir, display, args.max_frames,
+                           progress=not args.quiet)
+    print(live.format_timings(summary))
+    print(f"wrote {out_dir / live.VIDEO_NAME}, faces.jsonl, faces.csv, summary.json")
+    return 0
+
+
 def _adapter_layouts() -> str:
     """Every registered adapter with the layout it reads, so `manifest --help` cannot drift
     from the registry."""
@@ -111,6 +139,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")
     p.set_defaults(func=_dvc_yaml)
+
+    p = sub.add_parser("live", help="recognise the expressions of every face in a webcam, "
+                                    "video or image folder")
+    p.add_argument("source", help="webcam index (0), video file or folder of images")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="a model.pt written by the workflow's train stage")
+    model.add_argument("--run-id", help="an MLflow fold run whose artifact model/model.pt to use")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI for --run-id (default: "
+                                          "MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    p.add_argument("-o", "--output", default="live-output",
+                   help="folder for annotated.mp4, faces.jsonl, faces.csv, summary.json")
+    p.add_argument("--detect-scale", type=float, default=0.5,
+                   help="detect faces on the frame scaled by this (0, 1]; crops still come from "
+                        "the full frame (default 0.5: 640x480 is searched at 320x240)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and OpenCV")
+    p.add_argument("--max-frames", type=int, help="stop after this many frames")
+    p.add_argument("--fps", type=float, help="frame rate of the output video (default: the "
+                                             "source's, else 25)")
+    p.add_argument("--display", action="store_true", help="also show the annotated frames in a "
+                                                          "window (when a display exists); q quits")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_live)
     return parser
 
 

@@ -1,0 +1,171 @@
+"""`ferbench live` end to end: a real face planted at known positions in a video and in an
+image folder, a small untrained model.pt, the real CLI, and every output file read back."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ferbench import cli, faces, live, tracking
+from ferbench import train as train_mod
+from ferbench.jobs import load_model
+
+LABELS = ["neutral", "happiness", "surprise"]
+FRAMES, FACES = 6, 3
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A 640x480 video with three astronaut faces drifting, and each frame's true boxes."""
+    folder = tmp_path_factory.mktemp("planted")
+    truth = live.write_synthetic_video(folder / "faces.avi", FACES, FRAMES)
+    return folder / "faces.avi", truth
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """An untrained deep_emotion (67k weights) in the train stage's format."""
+    return live.write_untrained_model(tmp_path_factory.mktemp("model") / "model.pt",
+                                      "deep_emotion", LABELS, vars(faces.FaceOptions()), seed=3)
+
+
+def run_live(*args) -> int:
+    return cli.main(["live", *map(str, args), "--quiet"])
+
+
+def read_outputs(out: Path) -> tuple[list[dict], list[dict], dict]:
+    rows = [json.loads(line) for line in (out / "faces.jsonl").read_text().splitlines()]
+    with open(out / "faces.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    return rows, table, json.loads((out / "summary.json").read_text())
+
+
+def video_frames(path: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+def test_video_every_planted_face_is_found_labelled_and_logged(planted, model_file, tmp_path,
+                                                               one_thread, capsys):
+    video, truth = planted
+    out = tmp_path / "out"
+    assert run_live(video, "--model", model_file, "-o", out) == 0
+    printed = capsys.readouterr().out
+    for stage in ("detection", "preprocessing", "classification", "end to end"):
+        assert stage in printed
+
+    frames = video_frames(out / "annotated.mp4")
+    assert len(frames) == FRAMES and frames[0].shape == (480, 640, 3)
+
+    rows, table, summary = read_outputs(out)
+    assert len(rows) == len(table) == summary["faces"] == FRAMES * FACES
+    assert summary["frames"] == FRAMES and summary["end_to_end_fps"] > 0
+    assert summary["detection_ms_per_frame"] > 0 and summary["classification_ms_per_face"] > 0
+    for frame, boxes in enumerate(truth):
+        found = [row["box"] for row in rows if row["frame"] == frame]
+        assert len(found) == FACES
+        for box in boxes:
+            assert max(faces.iou(box, other) for other in found) >= 0.5, (frame, box, found)
+
+    for row, line in zip(rows, table):
+        probabilities = np.array([row["probabilities"][label] for label in LABELS])
+        assert probabilities.sum() == pytest.approx(1.0, abs=1e-5)
+        assert row["label"] in LABELS and row["label"] == LABELS[int(probabilities.argmax())]
+        assert [int(line[k]) for k in "xywh"] == row["box"] and line["label"] == row["label"]
+        assert float(line[f"p_{LABELS[0]}"]) == row["probabilities"][LABELS[0]]
+    # An untrained net still tells faces apart: the labels are not a constant.
+    assert len({tuple(row["probabilities"].values()) for row in rows}) > 1
+
+    annotated_difference = np.abs(frames[0].astype(int) - video_frames(video)[0].astype(int))
+    assert annotated_difference.max() > 100  # the boxes and labels are drawn in
+
+
+def test_image_folder_gives_the_face_stage_crops_and_the_training_input(model_file, tmp_path,
+                                                                       one_thread):
+    """Live on an image folder classifies each face exactly as the workflow's evaluation would
+    (face stage -> Split -> predict), so inference sees what training saw."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    frames = live.synthetic_frames(1, 12, seed=5)
+    for index, (frame, _) in enumerate(frames):
+        if index % 4 == 0:  # three frames, the face moved between them
+            cv2.imwrite(str(folder / f"frame{index:02d}.png"), frame)
+    (folder / "notes.txt").write_text("not an image\n")
+    out = tmp_path / "out"
+    assert run_live(folder, "--model", model_file, "-o", out, "--detect-scale", "1") == 0
+    rows, table, summary = read_outputs(out)
+    assert summary["frames"] == 3 and len(rows) == len(table) == 3
+    assert len(video_frames(out / "annotated.mp4")) == 3
+
+    manifest = pd.DataFrame({"image": sorted(p.name for p in folder.glob("*.png"))})
+    model, saved = load_model(model_file)
+    crops, stage, _ = faces.extract_faces(manifest, folder,
+                                          faces.FaceOptions.from_config(saved["faces"]),
+                                          progress=False)
+    split = train_mod.Split.from_arrays(crops, np.zeros(len(crops), int), saved["input_size"])
+    expected = train_mod.predict(model, split, torch.device("cpu")).numpy()
+    for row, box, probabilities in zip(rows, stage["bbox"], expected):
+        assert row["box"] == list(faces.parse_box(box))
+        assert [row["probabilities"][label] for label in LABELS] == pytest.approx(
+            probabilities, abs=1e-6)
+
+
+def test_a_model_is_fetched_by_mlflow_run_id(planted, model_file, tmp_path, one_thread,
+                                             capsys):
+    uri = "sqlite:///" + str(tmp_path / "mlflow.db")
+    tracker = tracking.Tracker(uri, "live-test", tmp_path)
+    run_id = tracker.start_run("deep_emotion-fold0", {})
+    tracker.log_artifact(run_id, model_file, "model")
+    out = tmp_path / "out"
+    assert run_live(planted[0], "--run-id", run_id, "--tracking-uri", uri, "-o", out,
+                    "--max-frames", 2) == 0
+    assert (out / "model" / "model.pt").read_bytes() == Path(model_file).read_bytes()
+    rows, _, summary = read_outputs(out)
+    assert summary["frames"] == 2 and len(rows) == 2 * FACES
+    capsys.readouterr()
+    assert run_live(planted[0], "--run-id", "0" * 32, "--tracking-uri", uri, "-o", out) == 2
+    assert "cannot fetch model/model.pt of MLflow run" in capsys.readouterr().err
+
+
+@pytest.fixture
+def model_without_face_options(model_file, tmp_path):
+    saved = torch.load(model_file, weights_only=False)
+    del saved["faces"]
+    torch.save(saved, tmp_path / "old.pt")
+    return tmp_path / "old.pt"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing model", "no model file"),
+    ("missing source", "no such video"),
+    ("unreadable video", "cannot read"),
+    ("model without face options", "records no face-stage options"),
+    ("missing tracking store", "no MLflow store"),
+])
+def test_clear_one_line_errors(case, message, planted, model_file, model_without_face_options,
+                               tmp_path, capsys):
+    broken = tmp_path / "broken.avi"
+    broken.write_text("this is not a video\n")
+    args = {
+        "missing model": [planted[0], "--model", tmp_path / "absent.pt"],
+        "missing source": [tmp_path / "absent.avi", "--model", model_file],
+        "unreadable video": [broken, "--model", model_file],
+        "model without face options": [planted[0], "--model", model_without_face_options],
+        "missing tracking store": [planted[0], "--run-id", "0" * 32, "--tracking-uri",
+                                   "sqlite:///" + str(tmp_path / "absent.db")],
+    }[case]
+    assert run_live(*args, "-o", tmp_path / "out") == 2
+    error = capsys.readouterr().err.strip()
+    assert message in error and "\n" not in error
