@@ -16,10 +16,12 @@ class FERModel(nn.Module):
     capsule decoder's reconstruction) compute it from their own intermediate results.
     """
 
-    def prepare(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+    def prepare(self, images: torch.Tensor, targets: torch.Tensor,
+                groups: torch.Tensor | None = None) -> None:
         """See the whole training split once before training starts (and again after a resume).
 
-        `images` are the split's uint8 (N, 1, S, S) faces, `targets` their class indices. A
+        `images` are the split's uint8 (N, C, S, S) faces, `targets` their class indices,
+        `groups` each face's gender index (-1: unknown) when the dataset records one. A
         model whose loss needs other training samples than the batch (DAM-CNN's decoders
         reconstruct same-class samples) caches what it needs here; it must not change any
         parameter, so a resumed run stays identical. The default does nothing.
@@ -32,3 +34,38 @@ class FERModel(nn.Module):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines neither loss nor objective")
+
+    #: Names of `attention_maps` entries that are pictures of the face (a spatial
+    #: transformer's warped input), drawn as they are rather than as heatmap overlays.
+    face_like_maps: tuple[str, ...] = ()
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named (B, H, W) maps of where the model looks, for the report's heatmaps.
+
+        A map is in the input's resolution or the model's own (the caller resizes it
+        bilinearly). The default is the gradient saliency every model has; attentional
+        models add their own maps (a spatial transformer's warp, an AU map, a SERD mask).
+        """
+        return {"saliency": gradient_saliency(self, x)}
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Named (B, D) feature vectors for t-SNE plots (DAM-CNN Fig. 6, E2-Capsnet Fig. 3).
+
+        The default is the class scores; models override it with the representation their
+        paper builds before the classifier.
+        """
+        return {"logits": self(x)}
+
+
+def gradient_saliency(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) |d top class score / d face pixel| (Simonyan, Vedaldi & Zisserman 2014).
+
+    Each image's own highest score is differentiated; in eval mode images do not interact,
+    so one backward pass over the batch gives every image's map. Only the face channel
+    (channel 0) is explained: an AU map channel is an input the model is given, not looked at.
+    """
+    with torch.enable_grad():
+        inputs = x.detach().clone().requires_grad_(True)
+        top_scores = model(inputs).max(dim=1).values.sum()
+        (gradient,) = torch.autograd.grad(top_scores, inputs)
+    return gradient[:, 0].abs()

@@ -7,6 +7,7 @@ weights, the same regulariser DeepFER keeps (DeepFER Eq. 1).
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from ferbench.models.base import FERModel
@@ -41,9 +42,21 @@ class DeepEmotion(FERModel):
         self.fc1 = nn.Linear(10 * side * side, 50)
         self.fc2 = nn.Linear(50, num_classes)
 
+    def fc_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the first FC layer, the one before the class scores."""
+        return nn.functional.relu(self.fc1(self.features(self.stn(x)).flatten(1)))
+
     def forward(self, x):
-        h = self.features(self.stn(x)).flatten(1)
-        return self.fc2(nn.functional.relu(self.fc1(h)))
+        return self.fc2(self.fc_feature(x))
 
     def loss(self, logits, targets):
         return cross_entropy_fc_l2(logits, targets, (self.fc1, self.fc2), self.l2_lambda)
+
+    face_like_maps = ("stn_warp",)
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The STN's warp and sampling density beside the gradient saliency."""
+        return {**self.stn.attention_maps(x), **super().attention_maps(x)}
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"fc_feature": self.fc_feature(x)}

@@ -72,11 +72,28 @@ class DeepFER(FERModel):
         """The STN's output: what the feature path actually sees (for attention figures)."""
         return self.stn(x)
 
-    def forward(self, x):
+    def fc_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of the third FC layer, the last one before the class scores."""
         h = self.features(self.warp(x)).flatten(1)
         for layer in self.fc[:-1]:
             h = torch.relu(layer(h))
-        return self.fc[-1](h)
+        return h
+
+    def forward(self, x):
+        return self.fc[-1](self.fc_feature(x))
 
     def loss(self, logits, targets):
         return cross_entropy_fc_l2(logits, targets, self.fc, self.l2_lambda)
+
+    face_like_maps = ("stn_warp",)
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The STN's warp and sampling density, and a saliency map of the classifier.
+
+        The paper shows "saliency maps" of the face's most striking areas without defining
+        them (it cites Happy & Routray's salient patches); ours is gradient saliency.
+        """
+        return {**self.stn.attention_maps(x), **super().attention_maps(x)}
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"fc_feature": self.fc_feature(x)}

@@ -172,6 +172,10 @@ class MobileNetCL(FERModel):
               + "".join(f"\n  {line}" for line in kept), flush=True)
         return kept
 
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The pooled features the center loss pulls to their class centres (Eq. 1)."""
+        return {"pooled": self.embed(x)}
+
 
 def _weights_file(init_from: str, init_sha256: str) -> Path:
     """ImageNet weights are checked against their sha256 (URLs fetched and cached); a ferbench

@@ -46,3 +46,18 @@ class SpatialTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         grid = F.affine_grid(self.theta(x), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, align_corners=False)
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, H, W) maps of the warp: the face the feature path sees, and where it was read.
+
+        `stn_sampling` is the total bilinear weight each input pixel receives from the
+        sampling grid (the adjoint of the sampler applied to ones, taken by autograd): high
+        where the transformer zooms in, zero where the warp leaves the face out.
+        """
+        grid = F.affine_grid(self.theta(x), list(x.shape), align_corners=False)
+        with torch.enable_grad():
+            probe = torch.zeros_like(x[:, :1]).requires_grad_(True)
+            resampled = F.grid_sample(probe, grid.detach(), align_corners=False)
+            (sampling,) = torch.autograd.grad(resampled.sum(), probe)
+        return {"stn_warp": F.grid_sample(x, grid, align_corners=False)[:, 0],
+                "stn_sampling": sampling[:, 0]}
