@@ -18,6 +18,7 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/dcgan.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/explain.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -1,0 +1,24 @@
+rule explain:
+    """Attention heatmaps over fold 0's test faces and t-SNE of the model's representations."""
+    input:
+        faces=tested_faces_array,
+        folds=path(paths.FOLDS),
+        model=path(paths.MODEL, fold=paths.EXPLAINED_FOLD),
+    output:
+        attention=path(paths.EXPLAIN_ATTENTION),
+        tsne=path(paths.EXPLAIN_TSNE),
+        info=path(paths.EXPLAIN_INFO),
+    log:
+        log_path("explain", "{dataset}/{protocol}/{model}"),
+    benchmark:
+        benchmark_path("explain", "{dataset}/{protocol}/{model}")
+    conda:
+        "../envs/ferbench.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=20,
+    params:
+        fold=paths.EXPLAINED_FOLD,
+    script:
+        "../scripts/explain.py"
