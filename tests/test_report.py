@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imsave
 
+from ferbench import paths
 from ferbench.evaluate import mean_std
 from ferbench.report import build_report
 
@@ -85,6 +86,26 @@ def write_detection(results: Path) -> Path:
     return path
 
 
+def study_context(adapter: str) -> dict:
+    """jobs.study_context of a 7-class subject-independent 5-fold study."""
+    return {"dataset": "synthetic", "protocol": "subject_5fold", "model": "deep_emotion",
+            "adapter": adapter, "test_adapter": adapter, "kind": "subject_kfold",
+            "class_set": "7", "frames": "all", "folds": 5}
+
+
+def write_explained(summary: Path, adapter: str, rng) -> dict[str, bytes]:
+    """The explain stage's two PNGs and record beside a study's summary.json."""
+    figures = {}
+    for template, side in ((paths.EXPLAIN_ATTENTION, 12), (paths.EXPLAIN_TSNE, 10)):
+        path = paths.beside_summary(template, summary)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imsave(path, rng.uniform(size=(side, side, 3)))
+        figures[template] = path.read_bytes()
+    paths.beside_summary(paths.EXPLAIN_INFO, summary).write_text(
+        json.dumps({"context": study_context(adapter), "fold": 0}))
+    return figures
+
+
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> dict:
     rng = np.random.default_rng(0)
@@ -92,10 +113,12 @@ def inputs(tmp_path_factory) -> dict:
     sample = results / "synthetic" / "faces" / "samples.png"
     sample.parent.mkdir(parents=True)
     imsave(sample, rng.uniform(size=(8, 16, 3)))
-    return {"summaries": [write_summary(results, m, a, rng) for m, a in MODELS.items()],
+    summaries = [write_summary(results, m, a, rng) for m, a in MODELS.items()]
+    return {"summaries": summaries,
             "detections": [write_detection(results)],
             "benchmarks": write_benchmarks(results),
-            "samples": [sample]}
+            "samples": [sample],
+            "explained": write_explained(summaries[0], "synthetic", rng)}
 
 
 def build(inputs: dict, out: Path) -> str:
@@ -120,9 +143,11 @@ def test_report_is_one_self_contained_file(inputs, tmp_path):
     assert [p.name for p in out_dir.iterdir()] == ["report.html"]
     for external in ('src="http', "<link", "<script src", "url("):
         assert external not in text
-    assert text.count('<img src="data:image/png;base64,') >= 2 * 3 + 2  # studies, sample, runtime
+    assert text.count('<img src="data:image/png;base64,') >= 2 * 3 + 2 + 2  # + explain figures
     sample = base64.b64encode(inputs["samples"][0].read_bytes()).decode()
     assert sample in text
+    for png in inputs["explained"].values():
+        assert base64.b64encode(png).decode() in text
 
 
 def test_report_shows_the_input_numbers(inputs, text):
@@ -173,3 +198,28 @@ def test_missing_pieces_are_reported_not_fatal(inputs, tmp_path):
     assert "No detection statistics were given." in text
     assert "No benchmark files were given." in text
     assert "No training histories found." in text
+    assert "No attention or t-SNE figures found" in text
+
+
+def test_papers_table_is_listed_even_without_a_published_number(text):
+    assert "<h2>2. The papers' numbers beside ours</h2>" in text
+    assert ("no published number for deep_emotion on synthetic; the papers report deep_emotion "
+            "on ckplus, fer2013, ferg, jaffe (table below)") in text
+    # The transcribed table, whatever the studies: DAM-CNN's JAFFE number with its source.
+    assert "<td>99.32</td>" in text and "Table 8, Section 4.4.1" in text
+    # A study whose explain stage left no record cannot be matched, and says so.
+    assert "study context unknown (no explain-stage record)" in text
+
+
+def test_published_number_sits_beside_ours_with_the_protocol_differences(inputs, tmp_path):
+    summary = tmp_path / "jaffe" / "summary.json"
+    summary.parent.mkdir()
+    summary.write_text(inputs["summaries"][0].read_text())
+    write_explained(summary, "jaffe", np.random.default_rng(1))
+    text = build_report([summary], [], [], tmp_path / "report.html").read_text(encoding="utf-8")
+    ours = json.loads(summary.read_text())
+    row = text.split("Matched on model")[1].split("</tr>")[1]
+    assert f"<td>{pct(ours['accuracy_mean'])} ± {pct(ours['accuracy_std'])}</td>" in row
+    assert "<td>92.80</td>" in row
+    assert ("split: paper a split the paper does not describe (cited from Minaee &amp; "
+            "Abdolrashidi 2019 (the 213 original images)); ours subject-independent 5-fold") in row

@@ -26,7 +26,10 @@ CODE = {
     "train": ["src/ferbench/train.py", "src/ferbench/models", "workflow/scripts/train.py"],
     "evaluate": ["src/ferbench/evaluate.py", "workflow/scripts/evaluate.py",
                  "workflow/scripts/summarize.py"],
-    "report": ["src/ferbench/report.py", "workflow/scripts/report.py"],
+    "explain": ["src/ferbench/explain.py", "src/ferbench/models", "src/ferbench/report.py",
+                "workflow/scripts/explain.py"],
+    "report": ["src/ferbench/report.py", "src/ferbench/published.py",
+               "src/ferbench/published.yaml", "workflow/scripts/report.py"],
 }
 SHARED_CODE = ["src/ferbench/jobs.py", "Snakefile", "workflow/rules"]
 
@@ -97,7 +100,13 @@ def stages(config: dict, config_file: str) -> dict:
             out[f"evaluate_{study_key}_{study.model}"] = _stage(
                 "evaluate", config_file, evaluated + [fill(paths.SUMMARY, **m)],
                 [fill(paths.FACES_ARRAY, dataset=tested), folds] + trained, [])
-    report_deps = paths.summaries(config) + [
+            out[f"explain_{study_key}_{study.model}"] = _stage(
+                "explain", config_file, [fill(t, **m) for t in paths.EXPLAIN],
+                [fill(paths.FACES_ARRAY, dataset=tested), folds,
+                 fill(paths.MODEL, fold=paths.EXPLAINED_FOLD, **m)],
+                # The record names the dataset's adapter and the protocol, for the report.
+                [f"datasets.{dataset}", f"protocols.{protocol}", "seed", "device"])
+    report_deps = paths.summaries(config) + paths.explanations(config) + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
         for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
     metrics = fill(paths.STUDY_METRICS)

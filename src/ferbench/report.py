@@ -21,6 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ferbench import paths, published
+
 DPI = 90
 NA = "n/a"
 # Fixed salt and style so the PNG bytes do not depend on the user's matplotlibrc.
@@ -95,7 +97,7 @@ def _img(png: bytes, alt: str, caption: str = "") -> Html:
                 f"{cap}</figure>\n")
 
 
-def _png(fig: Figure) -> bytes:
+def figure_png(fig: Figure) -> bytes:
     """Render without the Software/date metadata so equal figures give equal bytes."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
@@ -106,11 +108,15 @@ def _png(fig: Figure) -> bytes:
 
 @dataclass
 class Study:
-    """One (dataset, protocol, model) summary with its per-fold files (None where missing)."""
+    """One (dataset, protocol, model) summary with its per-fold files and its explain stage's
+    figures and record (None where missing)."""
 
     summary: dict
     metrics: list[dict | None]
     histories: list[pd.DataFrame | None]
+    attention_png: bytes | None = None
+    tsne_png: bytes | None = None
+    explained: dict | None = None
 
     @property
     def title(self) -> str:
@@ -130,9 +136,13 @@ def load_study(summary_path: Path) -> Study:
     """A summary plus the fold files it points to (paths relative to the summary's folder)."""
     summary = json.loads(summary_path.read_text())
     base = summary_path.parent
+    figures = [paths.beside_summary(t, summary_path)
+               for t in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE)]
     return Study(summary,
                  [_read_json(base / f["metrics"]) for f in summary["folds"]],
-                 [_read_csv(base / f["history"]) for f in summary["folds"]])
+                 [_read_csv(base / f["history"]) for f in summary["folds"]],
+                 *[f.read_bytes() if f.is_file() else None for f in figures],
+                 _read_json(paths.beside_summary(paths.EXPLAIN_INFO, summary_path)))
 
 
 def load_benchmarks(paths: list[Path]) -> pd.DataFrame:
@@ -172,7 +182,7 @@ def confusion_figure(labels: list[str], confusion: list[list[int]]) -> bytes:
     ax.set_yticks(range(n), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    return _png(fig)
+    return figure_png(fig)
 
 
 def per_class_figure(per_class: pd.DataFrame) -> bytes:
@@ -187,7 +197,7 @@ def per_class_figure(per_class: pd.DataFrame) -> bytes:
     ax.set_ylim(0, 100)
     ax.set_ylabel("% (mean over folds)")
     ax.legend(ncols=3, loc="upper center", bbox_to_anchor=(0.5, 1.15), frameon=False)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def curves_figure(histories: list[pd.DataFrame]) -> bytes:
@@ -211,7 +221,7 @@ def curves_figure(histories: list[pd.DataFrame]) -> bytes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("loss" if metric == "loss" else "accuracy (%)")
         ax.legend(frameon=False)
-    return _png(fig)
+    return figure_png(fig)
 
 
 def runtime_figure(runtime: pd.DataFrame) -> bytes:
@@ -221,7 +231,7 @@ def runtime_figure(runtime: pd.DataFrame) -> bytes:
     ax = fig.add_subplot()
     ax.barh(ordered.index, ordered["total_s"], color="C2")
     ax.set_xlabel("total wall seconds")
-    return _png(fig)
+    return figure_png(fig)
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -313,6 +323,24 @@ def _curves_part(study: Study) -> Html:
                 "Training curves: thin lines per fold, thick lines the mean.")
 
 
+def _explain_part(study: Study) -> Html:
+    """The explain stage's heatmaps over test faces and t-SNE of the representations."""
+    if study.attention_png is None and study.tsne_png is None:
+        return _note("No attention or t-SNE figures found (the explain stage's outputs).")
+    fold = (study.explained or {}).get("fold", paths.EXPLAINED_FOLD)
+    out = ""
+    if study.attention_png is not None:
+        out += _img(study.attention_png, f"attention maps, {study.title}",
+                    f"Fold {fold} test faces (true class, prediction) and the model's maps, "
+                    "resized bilinearly; heatmaps scaled by their maximum, signed ones "
+                    "(SERD's tanh mask) symmetrically with 0 at the middle colour.")
+    if study.tsne_png is not None:
+        out += _img(study.tsne_png, f"t-SNE, {study.title}",
+                    f"t-SNE of fold {fold} test faces: raw pixels, then the model's "
+                    "representations (DAM-CNN Fig. 6 style), coloured by true class.")
+    return Html(out)
+
+
 def study_section(study: Study, number: int) -> Html:
     """Everything about one (dataset, protocol, model): folds, errors, classes, training."""
     s = study.summary
@@ -321,16 +349,58 @@ def study_section(study: Study, number: int) -> Html:
     confusion = _img(confusion_figure(s["labels"], s["confusion"]),
                      f"confusion matrix, {study.title}",
                      "Confusion matrix summed over folds (row-normalised %, counts).")
-    return Html(f'<h3 id="study-{number}">2.{number} {_text(study.title)} '
+    return Html(f'<h3 id="study-{number}">3.{number} {_text(study.title)} '
                 f"{_badge(s['subject_independent'])}{run_line}</h3>\n"
                 f"<p>{_text(s['protocol_description'])}</p>\n"
                 + _folds_table(study) + confusion + "<h4>Per class</h4>\n"
-                + _per_class_part(study) + "<h4>Training</h4>\n" + _curves_part(study))
+                + _per_class_part(study) + "<h4>Training</h4>\n" + _curves_part(study)
+                + "<h4>Attention and representations</h4>\n" + _explain_part(study))
 
 
 def studies_section(studies: list[Study]) -> Html:
     parts = [study_section(study, i) for i, study in enumerate(studies, start=1)]
-    return Html("<h2>2. Studies</h2>\n" + ("".join(parts) or _note("No studies.")))
+    return Html("<h2>3. Studies</h2>\n" + ("".join(parts) or _note("No studies.")))
+
+
+def _paper_rows(study: Study, entries: list[published.Published]) -> list[list]:
+    """One row per published number for the study's model and datasets, or one saying so."""
+    s = study.summary
+    ours = _mean_std(s["accuracy_mean"], s["accuracy_std"])
+    context = (study.explained or {}).get("context")
+    if not context:
+        return [[study.title, ours, "—", "—", "—",
+                 "study context unknown (no explain-stage record), so nothing to match"]]
+    matches = published.for_study(entries, context)
+    if not matches:
+        reported = sorted({e.datasets for e in entries if e.model == s["model"]})
+        elsewhere = (f"; the papers report {s['model']} on {', '.join(reported)} (table below)"
+                     if reported else "")
+        return [[study.title, ours, "—", "—", "—",
+                 f"no published number for {s['model']} on {context['adapter']}{elsewhere}"]]
+    return [[study.title, ours, f"{e.accuracy:.2f}", f"{e.method} ({e.paper})", e.where,
+             "; ".join(published.differences(e, context)) or "same protocol"]
+            for e in matches]
+
+
+def published_section(studies: list[Study], entries: list[published.Published]) -> Html:
+    """The papers' numbers beside ours, each with where the protocols differ, then the
+    whole transcribed table for reference."""
+    out = "<h2>2. The papers' numbers beside ours</h2>\n"
+    rows = [row for study in studies for row in _paper_rows(study, entries)]
+    if rows:
+        out += _table(["study", "ours (%)", "paper (%)", "method (paper)", "where",
+                       "protocol differences"], rows,
+                      "Matched on model, dataset adapter (trained and tested on)")
+    out += _table(["paper", "method", "model", "dataset", "classes", "protocol", "accuracy (%)",
+                   "where"],
+                  [[e.paper, e.method, e.model,
+                    e.datasets,
+                    e.class_set or "not stated",
+                    f"{published.split_words(e.kind, e.folds)}: {e.protocol}",
+                    f"{e.accuracy:.2f}", e.where + (f". {e.note}" if e.note else "")]
+                   for e in entries],
+                  "Published accuracies, transcribed from the source papers")
+    return Html(out)
 
 
 def _iou_cells(iou: dict | None) -> list:
@@ -342,7 +412,7 @@ def _iou_cells(iou: dict | None) -> list:
 def detection_section(detections: list[Path], samples: list[Path]) -> Html:
     """What the face detector did to each dataset, and a look at the faces it produced
     (face sheets, and landmark sheets with the 68 points drawn on the face crops)."""
-    out = "<h2>3. Face detection</h2>\n"
+    out = "<h2>4. Face detection</h2>\n"
     stats = [d for d in (_read_json(p) for p in detections) if d is not None]
     if stats:
         rows = [[d["dataset"], d["detector"], d["images"], d["detected"], d["missed"],
@@ -363,7 +433,7 @@ def detection_section(detections: list[Path], samples: list[Path]) -> Html:
 
 def runtime_section(benchmarks: list[Path]) -> Html:
     """Cost of each pipeline stage, from Snakemake's benchmark files."""
-    out = "<h2>4. Runtime</h2>\n"
+    out = "<h2>5. Runtime</h2>\n"
     runtime = load_benchmarks(benchmarks)
     if runtime.empty:
         return Html(out + _note("No benchmark files were given."))
@@ -384,6 +454,7 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
     studies = [load_study(Path(p)) for p in summaries]
     with matplotlib.rc_context(RC):
         body = (header_section(title, studies) + accuracy_section(studies)
+                + published_section(studies, published.load())
                 + studies_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
                 + runtime_section(sorted(Path(p) for p in benchmarks)))

@@ -1,7 +1,10 @@
 rule report:
-    """One self-contained HTML report and a flat metrics file for `dvc metrics show`."""
+    """One self-contained HTML report and a flat metrics file for `dvc metrics show`.
+
+    The report finds each study's explain-stage figures beside its summary.json."""
     input:
         summaries=paths.summaries(config),
+        explanations=paths.explanations(config),
         detections=[
             path(paths.DETECTION, dataset=d) for d in paths.study_datasets(config)
         ],
