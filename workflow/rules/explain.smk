@@ -1,6 +1,9 @@
 rule explain:
-    """Attention heatmaps over fold 0's test faces and t-SNE of the model's representations."""
+    """Attention heatmaps over fold 0's test faces and t-SNE of the model's representations.
+
+    Its test faces are built as the evaluate rule builds them (AU maps from landmarks)."""
     input:
+        unpack(evaluate_extras),
         faces=tested_faces_array,
         folds=path(paths.FOLDS),
         model=path(paths.MODEL, fold=paths.EXPLAINED_FOLD),
