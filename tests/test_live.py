@@ -36,6 +36,14 @@ def model_file(tmp_path_factory):
                                       "deep_emotion", LABELS, vars(faces.FaceOptions()), seed=3)
 
 
+@pytest.fixture(autouse=True)
+def opencv_threads():
+    """The CLI sets OpenCV's thread count for the process: give other tests theirs back."""
+    threads = cv2.getNumThreads()
+    yield
+    cv2.setNumThreads(threads)
+
+
 def run_live(*args) -> int:
     return cli.main(["live", *map(str, args), "--quiet"])
 

@@ -76,15 +76,13 @@ def _dvc_yaml(args) -> int:
 
 
 def _live(args) -> int:
+    import cv2
     import torch
 
     from ferbench import live
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        import cv2
-
-        cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
+    cv2.setNumThreads(args.threads)
     out_dir = Path(args.output)
     device = torch.device(args.device if args.device != "auto" else
                           "cuda" if torch.cuda.is_available() else "cpu")
@@ -154,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detect faces on the frame scaled by this (0, 1]; crops still come from "
                         "the full frame (default 0.5: 640x480 is searched at 320x240)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, help="CPU threads for torch and OpenCV")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads for torch and OpenCV (default 1: a frame's few small faces "
+                        "gain little from more, and on a busy machine more threads cost much)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--fps", type=float, help="frame rate of the output video (default: the "
                                              "source's, else 25)")
