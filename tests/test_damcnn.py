@@ -188,3 +188,24 @@ def test_step2_fit_resumes_exactly(step1_checkpoint, tmp_path):
                                full_history.drop(columns="seconds").to_numpy())
     for key in full_best:
         assert torch.equal(full_best[key], resumed_best[key]), key
+
+
+def test_gender_bound_decoders_draw_their_own_gender(step1_checkpoint):
+    """DAM-CNN-g (Section 4.3.2): decoder j rebuilds a same-class sample of gender j mod 2;
+    a class without that gender falls back to the whole class."""
+    path, _ = step1_checkpoint
+    model = build("damcnn", init_from=path, decoders=4, gender_bound=True)
+    split = tiny_split(n=24)
+    groups = torch.arange(24) // 3 % 2  # both genders in every class ...
+    groups[split.targets == 2] = 0      # ... but class 2 has only gender 0
+    groups[0] = -1                      # and one sample has no gender
+    model.prepare(split.images, split.targets, groups)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    drawn = model.same_class_samples(labels)
+    assert torch.equal(split.targets[drawn], labels.expand(4, -1))
+    gender = groups[drawn]
+    bound = labels != 2
+    assert (gender[0::2][:, bound] == 0).all() and (gender[1::2][:, bound] == 1).all()
+    assert (gender[:, ~bound] == 0).all()
+    with pytest.raises(ValueError, match="gender"):
+        build("damcnn", init_from=path, gender_bound=True).prepare(split.images, split.targets)

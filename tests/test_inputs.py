@@ -59,3 +59,10 @@ def test_unknown_channel_and_missing_landmarks_are_refused():
         inputs.stack_channels(faces, ("depth",), [0], landmarks(1))
     with pytest.raises(ValueError, match="landmarks"):
         inputs.stack_channels(faces, ("au_attention",), [0])
+
+
+def test_gender_groups_follow_the_face_index_and_refuse_missing_genders():
+    table = pd.DataFrame({"face_index": [0, -1, 1, 2], "gender": ["m", "f", "f", ""]})
+    assert inputs.gender_groups(table, [1, 0, 2, -1]).tolist() == [0, 1, -1, -1]
+    with pytest.raises(ValueError, match="gender column"):
+        inputs.gender_groups(table.assign(gender=""), [0])

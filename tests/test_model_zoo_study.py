@@ -25,10 +25,11 @@ TINY_MODELS = {
     "e2capsnet": {"input_size": 64, "width": 1 / 16},
     "decapsnet": {"input_size": 64, "width": 1 / 16},
     "vgg_serd": {"input_size": 64, "width": 1 / 16},
-    "damcnn": {"input_size": 64, "width": 1 / 16, "decoders": 2},
+    "damcnn": {"input_size": 64, "width": 1 / 16, "decoders": 2, "gender_bound": True},
     "mobilenet_cl": {"width": 0.25},
 }
 FOLDS = 2
+DCGAN = 3  # DCGAN faces per class and fold, for decapsnet
 
 
 def zoo_config() -> dict:
@@ -43,6 +44,7 @@ def zoo_config() -> dict:
                           "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold"}}]
     config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}
                         for name, sizes in TINY_MODELS.items()}
+    config["dcgan"] = {"epochs": 1, "batch_size": 16, "width": 8, "samples_per_class": DCGAN}
     return config
 
 
@@ -78,6 +80,10 @@ def test_dag_shows_the_two_step_and_two_stage_edges(zoo_study):
     for model in ("e2capsnet", "decapsnet", "avggnet"):
         assert children.count(f"train model={model}") == FOLDS, model
     assert "train model=vgg16" not in children and "train model=rccnet" not in children
+    # DE-Capsnet trains on its fold's DCGAN faces too.
+    assert edges.count(("dcgan fold=0", "train model=decapsnet")) == 1
+    assert [child for parent, child in edges if parent.startswith("dcgan")] == \
+        ["train model=decapsnet"] * FOLDS
 
 
 def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
@@ -91,6 +97,11 @@ def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
         assert model in report
     parents, children = mlflow_runs(results)
     assert len(parents) == len(TINY_MODELS)
+    n_train = {(run.data.params["model"], run.data.params["fold"]): int(run.data.params["n_train"])
+               for run in children if run.data.params["dataset"] == "synthetic"}
+    classes = len(summary["labels"])
+    for fold in range(FOLDS):
+        assert n_train["decapsnet", str(fold)] == n_train["e2capsnet", str(fold)] + DCGAN * classes
     # One fold run per model and fold, plus the pretraining stage's (never evaluated).
     assert len(children) == len(TINY_MODELS) * FOLDS + 1
 

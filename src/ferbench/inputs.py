@@ -17,6 +17,8 @@ from ferbench.models.au_attention import attention_maps
 
 #: Channels the workflow can feed, and what each needs.
 KNOWN_CHANNELS = ("au_attention",)
+#: The manifest's gender codes (data/manifest.py), as group indices 0, 1.
+GENDERS = ("f", "m")
 
 
 def au_attention_channel(landmarks: np.ndarray, side: int) -> np.ndarray:
@@ -52,3 +54,16 @@ def stack_channels(faces: np.ndarray, extra_channels: tuple[str, ...], uids=None
         maps = np.stack([augment.apply_geometry(m, row) for m, row in zip(maps, rows)]) \
             if len(rows) else maps
     return np.stack([faces, maps], axis=1)
+
+
+def gender_groups(faces_table: pd.DataFrame, uids) -> np.ndarray:
+    """Each face's gender index (GENDERS; -1 unknown or no source face) by uid, the face's
+    row in the face array, for DAM-CNN's gender-bound decoders. A dataset without a gender
+    column is refused."""
+    if "gender" not in faces_table.columns or not faces_table["gender"].isin(GENDERS).any():
+        raise ValueError("gender-bound decoders need the dataset's gender column (f/m); "
+                         "this dataset has none")
+    found = faces_table[faces_table["face_index"] >= 0]
+    by_uid = dict(zip(found["face_index"].astype(int),
+                      found["gender"].map({g: i for i, g in enumerate(GENDERS)}).fillna(-1)))
+    return np.array([by_uid.get(int(uid), -1) for uid in uids], dtype=int)

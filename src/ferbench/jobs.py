@@ -189,7 +189,10 @@ def training_split(paths: dict, labels, model: str, input_size: int) -> train_mo
     images = inputs.stack_channels(np.concatenate(arrays), models.get(model).extra_channels,
                                    table["uid"].to_numpy(), _landmarks(paths), table)
     index = train_mod.class_index(labels)
-    return train_mod.Split.from_arrays(images, table["label"].map(index).to_numpy(), input_size)
+    groups = (inputs.gender_groups(read_faces_table(paths["faces_table"]), table["uid"])
+              if paths.get("faces_table") else None)
+    return train_mod.Split.from_arrays(images, table["label"].map(index).to_numpy(), input_size,
+                                       groups)
 
 
 def study_tags(study: dict) -> dict:
@@ -221,7 +224,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     tracker = _tracker(config)
     checkpoint = Path(paths["checkpoint"])
     files = [paths[k] for k in ("faces", "folds", "augment_array", "augment_table", "landmarks",
-                                "dcgan_array", "dcgan_table") if paths.get(k)]
+                                "dcgan_array", "dcgan_table", "faces_table") if paths.get(k)]
     if hp.get("init_from") and Path(hp["init_from"]).is_file():  # a retrained stage 1 counts
         files.append(hp["init_from"])
     fingerprint = hashlib.sha256(json.dumps(

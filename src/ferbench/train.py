@@ -73,13 +73,15 @@ def make_deterministic(seed: int, threads: int) -> None:
 class Split:
     """Images (N, C, S, S) uint8 and integer targets, resized once to the model's input size.
 
-    C is 1 (the face) plus the model's extra channels (inputs.stack_channels)."""
+    C is 1 (the face) plus the model's extra channels (inputs.stack_channels). `groups`, when
+    known, is each face's gender index (-1: unknown), for DAM-CNN's gender-bound decoders."""
 
     images: torch.Tensor
     targets: torch.Tensor
+    groups: torch.Tensor | None = None
 
     @classmethod
-    def from_arrays(cls, faces: np.ndarray, targets, input_size: int) -> "Split":
+    def from_arrays(cls, faces: np.ndarray, targets, input_size: int, groups=None) -> "Split":
         """`faces` is (N, S, S) or (N, C, S, S) uint8."""
         faces = faces[:, None] if faces.ndim == 3 else faces
         if len(faces) and faces.shape[-1] != input_size:
@@ -88,7 +90,8 @@ class Split:
                               for face in faces])
         faces = faces.reshape(len(faces), -1, input_size, input_size)
         return cls(torch.from_numpy(np.ascontiguousarray(faces)),
-                   torch.as_tensor(np.array(targets), dtype=torch.long))
+                   torch.as_tensor(np.array(targets), dtype=torch.long),
+                   None if groups is None else torch.as_tensor(np.array(groups), dtype=torch.long))
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -178,7 +181,7 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         # The job's log says so: after a kill, the epochs before this one are not retrained.
         print(f"resumed from epoch {state['epoch']} of {hp['epochs']} ({checkpoint})",
               flush=True)
-    model.prepare(train.images, train.targets)  # after a resume too: caches are not saved
+    model.prepare(train.images, train.targets, train.groups)  # after a resume too: not saved
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
                disable=not progress)
     while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:

@@ -60,9 +60,19 @@ def model_extras(wildcards, dataset):
 
 
 def train_extras(wildcards):
-    """A training job's extra inputs: its model's channels and the weights it starts from
-    (step 1's model.pt of the same fold, or the pretraining stage's)."""
+    """A training job's extra inputs: its model's channels, the weights it starts from
+    (step 1's model.pt of the same fold, or the pretraining stage's), the face table when
+    gender-bound decoders need each face's gender, and the fold's DCGAN faces for models
+    trained on them."""
     extras = model_extras(wildcards, wildcards.dataset)
+    hyperparameters = models.get(wildcards.model).hyperparameters(
+        config["models"].get(wildcards.model)
+    )
+    if hyperparameters.get("gender_bound"):  # DAM-CNN-g reads each face's gender
+        extras["faces_table"] = path(paths.FACES_TABLE, dataset=wildcards.dataset)
+    if models.get(wildcards.model).trains_on_dcgan:
+        extras["dcgan_array"] = path(paths.DCGAN_ARRAY)
+        extras["dcgan_table"] = path(paths.DCGAN_TABLE)
     init = paths.initial_weights(
         config, wildcards.dataset, wildcards.protocol, wildcards.model
     )

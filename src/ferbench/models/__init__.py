@@ -23,6 +23,7 @@ class ModelSpec:
     one starts from, a DAG edge the workflow fills into `init_from` (DAM-CNN's step 2 on
     step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
+    `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
     """
 
     name: str
@@ -31,6 +32,7 @@ class ModelSpec:
     paper: str = ""
     fixed: dict = field(default_factory=dict)
     starts_from: str = ""
+    trains_on_dcgan: bool = False
 
     @property
     def can_pretrain(self) -> bool:
@@ -72,7 +74,7 @@ REGISTRY: dict[str, ModelSpec] = {
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
                            "e2-capsnet-au-attention.txt"),
     "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,
-                           "de-capsnet-privacy-preserving-fer.txt"),
+                           "de-capsnet-privacy-preserving-fer.txt", trains_on_dcgan=True),
     "vgg16": ModelSpec("vgg16", capsnet.VGG16, capsnet.CLASSIFIER_DEFAULTS,
                        "e2-capsnet-au-attention.txt (Table 1 ablation)"),
     "capsnet": ModelSpec("capsnet", capsnet.CapsNet, capsnet.SABOUR_DEFAULTS,

@@ -24,11 +24,12 @@ and 1e-4 for `damcnn`. Dropout 0.5 acts on the MPAE code and after every hidden 
 `width` scales the trunk's channels and the 4096-wide layers alike, and the flattened feature
 size (512 x 7 x 7 = 25088 at 224) follows from `input_size` and `width`, so tests run tiny.
 
-Gender-bound decoders (the paper's DAM-CNN-g, Section 4.3.2: two decoders, each reconstructing
-a same-class sample of one gender) are not implemented: the manifest's `gender` column stops
-at the faces table. It needs the augment table to carry `gender`, `train.Split` to hold it
-and `fit` to pass it to `prepare`, where the class index below would become a (class, gender)
-index with decoder j drawing from gender j.
+Gender-bound decoders (`gender_bound`, the paper's DAM-CNN-g, Section 4.3.2, where N = 2
+decoders each reconstruct a same-class sample of one gender): decoder j draws from gender
+j mod G among the training samples of the class, so variations other than gender are
+suppressed while the code keeps what tells the genders apart. The workflow passes each
+training sample's gender as `prepare`'s groups; a class with no sample of that gender falls
+back to the whole class. Samples without a gender (DCGAN faces) are never drawn for a gender.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ DEFAULTS = {
     "init_from": "",
     "decoders": 5,
     "lambda_ce": 20.0,
+    "gender_bound": False,
 }
 
 #: Images per trunk pass when `prepare` caches the training split's salient features.
@@ -131,11 +133,27 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
+class _Buckets:
+    """Sample indices grouped by an integer key, for uniform draws within a key."""
+
+    def __init__(self, keys: torch.Tensor, count: int):
+        self.members = torch.argsort(keys, stable=True)
+        self.sizes = torch.bincount(keys, minlength=count)
+        self.starts = self.sizes.cumsum(0) - self.sizes
+
+    def draw(self, keys: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """A member of each key's bucket, picked by `uniform` in [0, 1) (empty buckets: 0)."""
+        sizes = self.sizes[keys]
+        offsets = torch.minimum((uniform * sizes).long(), (sizes - 1).clamp(min=0))
+        return self.members[(self.starts[keys] + offsets).clamp(max=len(self.members) - 1)]
+
+
 class DAMCNN(FERModel):
     def __init__(self, num_classes: int, step: int = 1, init_from: str = "",
                  pretrained: str = "", pretrained_sha256: str = "", decoders: int = 5,
                  lambda_ce: float = 20.0, gamma1: float = 1e-3, gamma2: float = 1e-4,
-                 dropout: float = 0.5, width: float = 1.0, input_size: int = 224, **_):
+                 dropout: float = 0.5, width: float = 1.0, input_size: int = 224,
+                 gender_bound: bool = False, **_):
         super().__init__()
         if step not in (1, 2):
             raise ValueError(f"damcnn step must be 1 (VGG-SERD) or 2 (MPVS-Net), got {step!r}")
@@ -145,7 +163,7 @@ class DAMCNN(FERModel):
         if decoders < 1:
             raise ValueError(f"MPVS-Net needs at least one decoder, got {decoders}")
         self.step, self.num_classes = step, num_classes
-        self.init_from = init_from
+        self.init_from, self.gender_bound = init_from, gender_bound
         self.lambda_ce, self.gamma1, self.gamma2 = lambda_ce, gamma1, gamma2
         self.trunk = VGGTrunk("vgg16", in_channels=1, width=width)
         self.serd = SERD(self.trunk.out_channels)
@@ -213,17 +231,22 @@ class DAMCNN(FERModel):
         loss = reconstruction + cross_entropy + (self.lambda_ce - 1) * cross_entropy.detach()
         return loss, logits
 
-    def prepare(self, images: torch.Tensor, targets: torch.Tensor) -> None:
+    def prepare(self, images: torch.Tensor, targets: torch.Tensor,
+                groups: torch.Tensor | None = None) -> None:
         """Step 2: cache every training sample's salient features, grouped by class.
 
         Trunk and SERD are frozen, so these are the decoders' fixed targets s_i^j (the paper
         stores them before step 2). They stay on the CPU (N x D floats) and are not saved.
+        `groups` is each sample's gender index (-1: none), needed when `gender_bound`.
         """
         if self.step == 1:
             return
         if not self.init_from:
             raise ValueError("damcnn trains MPVS-Net on the frozen VGG-SERD of step 1: "
                              "set init_from to a vgg_serd model.pt")
+        if self.gender_bound and groups is None:
+            raise ValueError("damcnn gender_bound needs each training face's gender: the "
+                             "dataset has no gender column")
         from ferbench.train import as_input  # train imports the model registry
 
         was_training = self.training
@@ -235,9 +258,14 @@ class DAMCNN(FERModel):
                 .cpu() for start in range(0, len(images), PREPARE_BATCH)])
         self.train(was_training)
         targets = targets.cpu()
-        self._class_members = torch.argsort(targets, stable=True)
-        self._class_sizes = torch.bincount(targets, minlength=self.num_classes)
-        self._class_starts = self._class_sizes.cumsum(0) - self._class_sizes
+        self._by_class = _Buckets(targets, self.num_classes)
+        if self.gender_bound:
+            groups = groups.cpu()
+            self._genders = int(groups.max()) + 1
+            # Bucket (class, gender) = class * G + gender; samples without a gender go last.
+            bucket = torch.where(groups >= 0, targets * self._genders + groups,
+                                 self.num_classes * self._genders)
+            self._by_gender = _Buckets(bucket, self.num_classes * self._genders + 1)
 
     def reconstruction_targets(self, labels: torch.Tensor) -> torch.Tensor:
         """(N, B, D) cached salient features s_i^j the decoders must rebuild (Eq. 8)."""
@@ -254,14 +282,18 @@ class DAMCNN(FERModel):
             raise RuntimeError("damcnn step 2 needs prepare(train images, targets) before "
                                "its objective (train.fit calls it)")
         labels = labels.cpu()
-        sizes = self._class_sizes[labels]
-        if (sizes == 0).any():
-            missing = sorted(set(labels[sizes == 0].tolist()))
+        if (self._by_class.sizes[labels] == 0).any():
+            missing = sorted(set(labels[self._by_class.sizes[labels] == 0].tolist()))
             raise ValueError(f"no training sample of class {missing} to reconstruct")
         generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
         uniform = torch.rand(len(self.mpvs.decoders), len(labels), generator=generator)
-        offsets = torch.minimum((uniform * sizes).long(), sizes - 1)  # float rounding
-        return self._class_members[self._class_starts[labels] + offsets]
+        drawn = self._by_class.draw(labels.expand_as(uniform), uniform)
+        if self.gender_bound:
+            decoder_gender = torch.arange(len(self.mpvs.decoders))[:, None] % self._genders
+            bucket = labels * self._genders + decoder_gender
+            has_gender = self._by_gender.sizes[bucket] > 0
+            drawn = torch.where(has_gender, self._by_gender.draw(bucket, uniform), drawn)
+        return drawn
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """SERD's mask M (Eq. 1) at the trunk's resolution (the caller upsamples it bilinearly,
