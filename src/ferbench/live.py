@@ -447,7 +447,7 @@ def astronaut_patch() -> tuple[np.ndarray, tuple[int, int, int, int]]:
 
 
 def face_layout(count: int, size: tuple[int, int], seed: int = 0) -> list[SyntheticFace]:
-    """`count` faces in a grid of up to four columns, one per cell, sizes varied by +-10%."""
+    """`count` faces in a grid of up to four columns, one per cell, each shrunk by up to 10%."""
     rng = np.random.default_rng(seed)
     width, height = size
     pw, ph = ASTRONAUT_PATCH[2:]
@@ -459,7 +459,8 @@ def face_layout(count: int, size: tuple[int, int], seed: int = 0) -> list[Synthe
     for i in range(count):
         scale = fit * rng.uniform(0.9, 1.0)
         col, row = i % columns, i // columns
-        origin = (col * cell_w + (cell_w - pw * scale) / 2, row * cell_h + (cell_h - ph * scale) / 2)
+        origin = (col * cell_w + (cell_w - pw * scale) / 2,
+                  row * cell_h + (cell_h - ph * scale) / 2)
         layout.append(SyntheticFace(origin, scale, mirrored=bool(i % 2),
                                     phase=float(rng.uniform(0, 2 * math.pi))))
     return layout
@@ -473,8 +474,8 @@ def synthetic_frames(count: int, frames: int, size: tuple[int, int] = (640, 480)
     layout = face_layout(count, size, seed)
     width, height = size
     rng = np.random.default_rng(seed)
-    gradient = np.linspace(70, 170, width)[None, :, None] + np.linspace(-20, 20, height)[:, None,
-                                                                                          None]
+    gradient = (np.linspace(70, 170, width)[None, :, None]
+                + np.linspace(-20, 20, height)[:, None, None])
     background = np.clip(gradient + rng.normal(0, 6, (height, width, 3)), 0, 255)
     for t in range(frames):
         frame = background.copy()
