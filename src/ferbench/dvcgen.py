@@ -23,8 +23,12 @@ CODE = {
                   "workflow/scripts/landmarks.py"],
     "folds": ["src/ferbench/splits.py", "workflow/scripts/folds.py"],
     "augment": ["src/ferbench/augment.py", "workflow/scripts/augment.py"],
-    "train": ["src/ferbench/train.py", "src/ferbench/models", "workflow/scripts/train.py"],
-    "evaluate": ["src/ferbench/evaluate.py", "workflow/scripts/evaluate.py",
+    "dcgan": ["src/ferbench/gan_augment.py", "src/ferbench/models/dcgan.py",
+              "workflow/scripts/dcgan.py"],
+    "train": ["src/ferbench/train.py", "src/ferbench/inputs.py", "src/ferbench/models",
+              "workflow/scripts/train.py"],
+    "evaluate": ["src/ferbench/evaluate.py", "src/ferbench/inputs.py",
+                 "workflow/scripts/evaluate.py",
                  "workflow/scripts/summarize.py"],
     "explain": ["src/ferbench/explain.py", "src/ferbench/models", "src/ferbench/report.py",
                 "workflow/scripts/explain.py"],
@@ -51,7 +55,8 @@ def stages(config: dict, config_file: str) -> dict:
     """Ordered mapping of stage name -> DVC stage for every study in the config."""
     fill = lambda template, **w: paths.fill(template, config, **w)  # noqa: E731
     out = {}
-    for dataset in paths.study_datasets(config):
+    trainings = paths.trainings(config)
+    for dataset in dict.fromkeys(paths.study_datasets(config) + [t.dataset for t in trainings]):
         block = config["datasets"][dataset]
         ds = [f"datasets.{dataset}"]
         raw = []
@@ -71,41 +76,58 @@ def stages(config: dict, config_file: str) -> dict:
              fill(paths.LANDMARKS_SAMPLES, dataset=dataset)],
             raw + [fill(paths.FACES_TABLE, dataset=dataset),
                    fill(paths.FACES_ARRAY, dataset=dataset)], ds)
-    for study_key, (dataset, protocol) in _protocols(config).items():
-        w = {"dataset": dataset, "protocol": protocol}
+    from ferbench.models import get
+
+    for dataset, protocol in dict.fromkeys((t.dataset, t.protocol) for t in trainings):
+        key, w = f"{dataset}_{protocol}", {"dataset": dataset, "protocol": protocol}
         n_folds = splits.fold_count(config["protocols"][protocol])
         folds = fill(paths.FOLDS, **w)
         tested = paths.test_dataset(config, dataset, protocol)
         face_tables = [fill(paths.FACES_TABLE, dataset=d) for d in dict.fromkeys((dataset, tested))]
-        out[f"folds_{study_key}"] = _stage(
+        out[f"folds_{key}"] = _stage(
             "folds", config_file, [folds], face_tables, [f"protocols.{protocol}", "seed"])
         augmented = [fill(t, fold=k, **w) for k in range(n_folds)
                      for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)]
-        out[f"augment_{study_key}"] = _stage(
+        out[f"augment_{key}"] = _stage(
             "augment", config_file, augmented, [fill(paths.FACES_ARRAY, dataset=dataset), folds],
             ["augment", "seed"])
-        for study in paths.studies(config):
-            if (study.dataset, study.protocol) != (dataset, protocol):
-                continue
-            m = {**w, "model": study.model}
-            trained = [fill(t, fold=k, **m) for k in range(n_folds)
-                       for t in (paths.MODEL, paths.HISTORY, paths.RUN_INFO)]
-            out[f"train_{study_key}_{study.model}"] = _stage(
-                "train", config_file, trained,
-                [fill(paths.FACES_ARRAY, dataset=dataset), folds] + augmented,
-                [f"models.{study.model}", "seed", "device", "train_threads"]
-                if study.model in config["models"] else ["seed", "device", "train_threads"])
-            evaluated = [fill(t, fold=k, **m) for k in range(n_folds)
-                         for t in (paths.METRICS, paths.PREDICTIONS)]
-            out[f"evaluate_{study_key}_{study.model}"] = _stage(
-                "evaluate", config_file, evaluated + [fill(paths.SUMMARY, **m)],
-                [fill(paths.FACES_ARRAY, dataset=tested), folds] + trained, [])
-            out[f"explain_{study_key}_{study.model}"] = _stage(
-                "explain", config_file, [fill(t, **m) for t in paths.EXPLAIN],
-                [fill(paths.FACES_ARRAY, dataset=tested), folds,
-                 fill(paths.MODEL, fold=paths.EXPLAINED_FOLD, **m)],
-                # The record names the dataset's adapter and the protocol, for the report.
-                [f"datasets.{dataset}", f"protocols.{protocol}", "seed", "device"])
+        if any(get(t.model).trains_on_dcgan for t in trainings if (t.dataset, t.protocol) == (
+                dataset, protocol)):
+            out[f"dcgan_{key}"] = _stage(
+                "dcgan", config_file,
+                [fill(t, fold=k, **w) for k in range(n_folds)
+                 for t in (paths.DCGAN_ARRAY, paths.DCGAN_TABLE, paths.DCGAN_SAMPLES)],
+                [fill(paths.FACES_ARRAY, dataset=dataset), folds],
+                ["dcgan", "seed", "device", "train_threads"])
+    for training in trainings:
+        w = {"dataset": training.dataset, "protocol": training.protocol}
+        m = {**w, "model": training.model}
+        extras = [value for k in training.folds for value in paths.training_inputs(
+            config, training.dataset, training.protocol, training.model, k).values()]
+        out[f"train_{training.dataset}_{training.protocol}_{training.model}"] = _stage(
+            "train", config_file, _trained(config, m, training.folds),
+            [fill(paths.FACES_ARRAY, dataset=training.dataset), fill(paths.FOLDS, **w)]
+            + [fill(t, fold=k, **w) for k in training.folds
+               for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)] + extras,
+            ([f"models.{training.model}"] if training.model in config["models"] else [])
+            + ["seed", "device", "train_threads"])
+    for study in paths.studies(config):
+        m = {"dataset": study.dataset, "protocol": study.protocol, "model": study.model}
+        key = f"{study.dataset}_{study.protocol}_{study.model}"
+        folds = fill(paths.FOLDS, **m)
+        tested = paths.test_dataset(config, study.dataset, study.protocol)
+        reads = [fill(paths.FACES_ARRAY, dataset=tested), folds,
+                 *paths.model_inputs(config, tested, study.model).values()]
+        trained = _trained(config, m, range(study.folds))
+        evaluated = [fill(t, fold=k, **m) for k in range(study.folds)
+                     for t in (paths.METRICS, paths.PREDICTIONS)]
+        out[f"evaluate_{key}"] = _stage(
+            "evaluate", config_file, evaluated + [fill(paths.SUMMARY, **m)], reads + trained, [])
+        out[f"explain_{key}"] = _stage(
+            "explain", config_file, [fill(t, **m) for t in paths.EXPLAIN],
+            reads + [fill(paths.MODEL, fold=paths.EXPLAINED_FOLD, **m)],
+            # The record names the dataset's adapter and the protocol, for the report.
+            [f"datasets.{study.dataset}", f"protocols.{study.protocol}", "seed", "device"])
     report_deps = paths.summaries(config) + paths.explanations(config) + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
         for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
@@ -115,10 +137,10 @@ def stages(config: dict, config_file: str) -> dict:
     return out
 
 
-def _protocols(config: dict) -> dict:
-    """(dataset, protocol) pairs in study order, keyed by a stage-name-safe string."""
-    pairs = dict.fromkeys((s.dataset, s.protocol) for s in paths.studies(config))
-    return {f"{d}_{p}": (d, p) for d, p in pairs}
+def _trained(config: dict, wildcards: dict, folds) -> list[str]:
+    """What the train rule writes for these folds of one model."""
+    return [paths.fill(t, config, fold=k, **wildcards) for k in folds
+            for t in (paths.MODEL, paths.HISTORY, paths.RUN_INFO)]
 
 
 def render(config: dict, config_file: str) -> str:

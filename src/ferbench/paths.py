@@ -107,25 +107,90 @@ def beside_summary(template: str, summary_path) -> Path:
     return Path(summary_path).parent / template.removeprefix(STUDY_DIR + "/")
 
 
-def initial_weights(config: dict, dataset: str, protocol: str, model: str) -> str:
-    """The `model.pt` template (with `{fold}` left open) a training job starts from, or "".
+@dataclass(frozen=True)
+class WeightsSource:
+    """The run a training job starts from; `fold` None means the job's own fold."""
 
-    Two kinds of DAG edge: a model that `starts_from` another (DAM-CNN's step 2 on the same
-    fold's VGG-SERD), and a study's `pretrain:` (MobileNet-CL's stage 2 on fold 0 of the
-    same model trained on the pretraining dataset, FER2013 in the paper).
-    """
+    dataset: str
+    protocol: str
+    model: str
+    fold: int | None
+
+
+def weights_source(config: dict, dataset: str, protocol: str, model: str) -> WeightsSource | None:
+    """What a training job starts from, if anything. Two kinds of DAG edge: a model that
+    `starts_from` another (DAM-CNN's step 2 on the same fold's VGG-SERD), and a study's
+    `pretrain:` (MobileNet-CL's stage 2 on fold 0 of the same model trained on the
+    pretraining dataset, FER2013 in the paper)."""
     from ferbench.models import get  # torch: only where a model is named
 
     spec = get(model)
     if spec.starts_from:
-        return fill(MODEL, config, dataset=dataset, protocol=protocol, model=spec.starts_from)
+        return WeightsSource(dataset, protocol, spec.starts_from, None)
     for entry in config["studies"]:
         pretrain = entry.get("pretrain")
         if (pretrain and spec.can_pretrain and model in entry["models"]
                 and (entry["dataset"], entry["protocol"]) == (dataset, protocol)):
-            return fill(MODEL, config, dataset=pretrain["dataset"],
-                        protocol=pretrain["protocol"], model=model, fold=0)
-    return ""
+            return WeightsSource(pretrain["dataset"], pretrain["protocol"], model, 0)
+    return None
+
+
+def model_inputs(config: dict, dataset: str, model: str) -> dict[str, str]:
+    """Named files a model reads beside the faces of `dataset` (trained or tested on): the
+    landmarks its AU attention channel is drawn from."""
+    from ferbench.models import get
+
+    if get(model).extra_channels:
+        return {"landmarks": fill(LANDMARKS_ARRAY, config, dataset=dataset)}
+    return {}
+
+
+def training_inputs(config: dict, dataset: str, protocol: str, model: str,
+                    fold) -> dict[str, str]:
+    """Named files a training job reads beyond the fold's faces and augmented copies: its
+    model's channels, the weights it starts from, the face table when gender-bound decoders
+    need each face's gender, and the fold's DCGAN faces for models trained on them."""
+    from ferbench.models import get
+
+    spec = get(model)
+    extras = model_inputs(config, dataset, model)
+    source = weights_source(config, dataset, protocol, model)
+    if source:
+        extras["init"] = fill(MODEL, config, dataset=source.dataset, protocol=source.protocol,
+                              model=source.model, fold=fold if source.fold is None else source.fold)
+    if spec.hyperparameters(config["models"].get(model)).get("gender_bound"):
+        extras["faces_table"] = fill(FACES_TABLE, config, dataset=dataset)
+    if spec.trains_on_dcgan:
+        for key, template in (("dcgan_array", DCGAN_ARRAY), ("dcgan_table", DCGAN_TABLE)):
+            extras[key] = fill(template, config, dataset=dataset, protocol=protocol, fold=fold)
+    return extras
+
+
+@dataclass(frozen=True)
+class Training:
+    """The training jobs of one model on one (dataset, protocol): folds `folds`."""
+
+    dataset: str
+    protocol: str
+    model: str
+    folds: tuple[int, ...]
+
+
+def trainings(config: dict) -> list[Training]:
+    """Every model the studies train, each after what it starts from: pretraining stages
+    (fold 0 only), a model's first step (DAM-CNN's vgg_serd), then the studies' models."""
+    folds: dict[tuple[str, str, str], set[int]] = {}
+
+    def add(dataset: str, protocol: str, model: str, wanted: set[int]) -> None:
+        source = weights_source(config, dataset, protocol, model)
+        if source:
+            add(source.dataset, source.protocol, source.model,
+                wanted if source.fold is None else {source.fold})
+        folds.setdefault((dataset, protocol, model), set()).update(wanted)
+
+    for study in studies(config):
+        add(study.dataset, study.protocol, study.model, set(range(study.folds)))
+    return [Training(*key, tuple(sorted(wanted))) for key, wanted in folds.items()]
 
 
 def test_dataset(config: dict, dataset: str, protocol: str) -> str:

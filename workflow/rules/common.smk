@@ -1,6 +1,6 @@
 # Shared by every rule: the validated config and the path templates of ferbench.paths.
 from ferbench import config as ferbench_config
-from ferbench import models, paths, splits
+from ferbench import paths, splits
 
 config.update(ferbench_config.validate(config))
 RESULTS = config["results"]
@@ -51,39 +51,18 @@ def cross_dataset_faces_table(wildcards):
     )
 
 
-def model_extras(wildcards, dataset):
-    """Named inputs a model needs beyond the faces: the landmarks its AU attention channel
-    is drawn from, on `dataset` (the one trained or tested on)."""
-    if models.get(wildcards.model).extra_channels:
-        return {"landmarks": path(paths.LANDMARKS_ARRAY, dataset=dataset)}
-    return {}
-
-
 def train_extras(wildcards):
-    """A training job's extra inputs: its model's channels, the weights it starts from
-    (step 1's model.pt of the same fold, or the pretraining stage's), the face table when
-    gender-bound decoders need each face's gender, and the fold's DCGAN faces for models
-    trained on them."""
-    extras = model_extras(wildcards, wildcards.dataset)
-    hyperparameters = models.get(wildcards.model).hyperparameters(
-        config["models"].get(wildcards.model)
+    """A training job's inputs beyond its fold's faces (paths.training_inputs): the model's
+    channels, the weights it starts from (DAG edges), genders, DCGAN faces."""
+    return paths.training_inputs(
+        config, wildcards.dataset, wildcards.protocol, wildcards.model, wildcards.fold
     )
-    if hyperparameters.get("gender_bound"):  # DAM-CNN-g reads each face's gender
-        extras["faces_table"] = path(paths.FACES_TABLE, dataset=wildcards.dataset)
-    if models.get(wildcards.model).trains_on_dcgan:
-        extras["dcgan_array"] = path(paths.DCGAN_ARRAY)
-        extras["dcgan_table"] = path(paths.DCGAN_TABLE)
-    init = paths.initial_weights(
-        config, wildcards.dataset, wildcards.protocol, wildcards.model
-    )
-    if init:
-        extras["init"] = init.format(fold=wildcards.fold)
-    return extras
 
 
 def evaluate_extras(wildcards):
+    """What the model reads beside the tested dataset's faces (its AU maps' landmarks)."""
     tested = paths.test_dataset(config, wildcards.dataset, wildcards.protocol)
-    return model_extras(wildcards, tested)
+    return paths.model_inputs(config, tested, wildcards.model)
 
 
 def fold_numbers(protocol):
