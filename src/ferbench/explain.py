@@ -92,6 +92,8 @@ def tsne(features: np.ndarray, seed: int) -> np.ndarray:
     n = len(features)
     if n < 3:
         raise ValueError(f"t-SNE needs at least 3 samples, got {n}")
+    if not np.ptp(features, axis=0).any():  # e.g. a SERD mask that shuts every region off
+        return np.zeros((n, 2))             # t-SNE of identical points is undefined
     components = min(TSNE_PCA_COMPONENTS, n, features.shape[1])
     if features.shape[1] > components:
         features = PCA(components, svd_solver="full", random_state=seed).fit_transform(features)
@@ -151,7 +153,7 @@ def tsne_figure(embeddings: dict[str, np.ndarray], targets: np.ndarray, labels: 
             if chosen.any():
                 ax.scatter(points[chosen, 0], points[chosen, 1], s=7, color=f"C{k % 10}",
                            label=label)
-        ax.set_title(name)
+        ax.set_title(name if np.ptp(points, axis=0).any() else f"{name} (all equal)")
         ax.set_xticks([])
         ax.set_yticks([])
     handles, names = axes[0].get_legend_handles_labels()

@@ -79,11 +79,18 @@ class SERD(nn.Module):
 
     M = tanh(W_a * h_c + B_a) with a 1x1 kernel over all channels (Eq. 1), so each weight
     judges one image region; h_s = ReLU(M . h_c) (Eq. 2) drops regions with negative weight.
+
+    The paper does not say how W_a starts. PyTorch's default can make M negative at every
+    region of every face (h_c >= 0 after ReLU and pooling), so h_s = 0 and no gradient ever
+    reaches anything: here W_a starts at 0 and B_a at 1, a mask of tanh(1) = 0.76 over the
+    whole face that training (and Eq. 3's regulariser) then shapes.
     """
 
     def __init__(self, channels: int):
         super().__init__()
         self.attention = nn.Conv2d(channels, 1, kernel_size=1)
+        nn.init.zeros_(self.attention.weight)
+        nn.init.ones_(self.attention.bias)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(salient features h_s, mask M) of trunk features h_c."""
