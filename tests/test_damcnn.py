@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ferbench import train
+from ferbench.jobs import save_model
 from ferbench.models import get
 from ferbench.models.losses import mpae_reconstruction, serd_regulariser
 
@@ -35,9 +36,7 @@ def build(name="vgg_serd", **overrides):
 def write_step1(path, model):
     """A step-1 `model.pt` as jobs.train_fold writes it."""
     hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE})
-    torch.save({"model": "vgg_serd", "labels": ["a", "b", "c"], "hyperparameters": hp,
-                "input_size": SIZE, "state_dict": model.state_dict(), "best_epoch": 1}, path)
-    return str(path)
+    return str(save_model(path, "vgg_serd", ["a", "b", "c"], hp, model.state_dict(), {}))
 
 
 
@@ -209,3 +208,13 @@ def test_gender_bound_decoders_draw_their_own_gender(step1_checkpoint):
     assert (gender[:, ~bound] == 0).all()
     with pytest.raises(ValueError, match="gender"):
         build("damcnn", init_from=path, gender_bound=True).prepare(split.images, split.targets)
+
+
+def test_a_fresh_serd_mask_lets_every_region_through():
+    """W_a = 0, B_a = 1: M = tanh(1) everywhere, so h_s carries the trunk's features and
+    gradients reach the trunk from the first step (a negative mask would stop them all)."""
+    torch.manual_seed(0)
+    model = build()
+    salient, mask = model.salient_features(tiny_split(n=4).images.float() / 127.5 - 1)
+    assert torch.allclose(mask, torch.full_like(mask, math.tanh(1.0)))
+    assert salient.abs().sum() > 0

@@ -258,12 +258,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     history, best_state, best_epoch, extra = train_mod.fit(
         model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress, extra,
         fingerprint)
-    Path(paths["model"]).parent.mkdir(parents=True, exist_ok=True)
-    # The face options travel with the weights: `ferbench live` preprocesses exactly so.
-    torch.save({"model": study["model"], "labels": labels, "hyperparameters": hp,
-                "input_size": spec.input_size(hp), "state_dict": best_state,
-                "best_epoch": best_epoch,
-                "faces": config["datasets"][study["dataset"]]["faces"]}, paths["model"])
+    save_model(paths["model"], study["model"], labels, hp, best_state,
+               config["datasets"][study["dataset"]]["faces"], best_epoch)
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
@@ -276,6 +272,20 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
 def _tracker(config: dict) -> tracking.Tracker:
     uri = tracking.resolve_uri(config["mlflow"]["tracking_uri"], config["results"])
     return tracking.Tracker(uri, config["mlflow"]["experiment"], config["results"])
+
+
+def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict,
+               face_options: dict, best_epoch: int = 0) -> Path:
+    """Write a `model.pt`: weights with everything needed to use them outside the workflow.
+
+    The face options travel with the weights, so `ferbench live` preprocesses exactly as
+    the training faces were."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "labels": list(labels), "hyperparameters": hyperparameters,
+                "input_size": models.get(model).input_size(hyperparameters),
+                "state_dict": state_dict, "best_epoch": best_epoch,
+                "faces": dict(face_options)}, path)
+    return Path(path)
 
 
 def load_model(path, device: torch.device | None = None):

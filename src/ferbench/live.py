@@ -135,15 +135,13 @@ def model_path(model: str | None, run_id: str | None, tracking_uri: str | None,
 def write_untrained_model(path, model: str, labels: list[str], face_options: dict,
                           seed: int = 0, **hyperparameters) -> Path:
     """A randomly initialised `model.pt` in the train stage's format, for timing and tests."""
+    from ferbench.jobs import save_model
+
     torch.manual_seed(seed)
     spec = models.get(model)
     hp = spec.hyperparameters(hyperparameters)
-    network = spec.build(len(labels), hp)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model, "labels": list(labels), "hyperparameters": hp,
-                "input_size": spec.input_size(hp), "state_dict": network.state_dict(),
-                "best_epoch": 0, "faces": dict(face_options)}, path)
-    return Path(path)
+    return save_model(path, model, labels, hp, spec.build(len(labels), hp).state_dict(),
+                      face_options)
 
 
 @dataclass
