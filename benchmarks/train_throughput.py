@@ -25,6 +25,7 @@ import contextlib
 import ctypes
 import gc
 import resource
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ferbench.jobs import save_model
 from ferbench.models import REGISTRY, ModelSpec, parameter_count
 from ferbench.train import as_input, make_optimizer
 
@@ -135,6 +137,8 @@ def measure(spec: ModelSpec, overrides: dict, device: torch.device, args) -> str
     hp = spec.hyperparameters(applied)
     batch_size = args.batch_size or hp["batch_size"]
     side = spec.input_size(hp)
+    if spec.starts_from:  # DAM-CNN's step 2 loads its frozen trunk from a step-1 model.pt
+        hp["init_from"] = str(untrained_start(spec.starts_from, overrides, args))
     baseline = start_peak_memory(device)
     try:
         torch.manual_seed(0)
@@ -180,6 +184,15 @@ def measure(spec: ModelSpec, overrides: dict, device: torch.device, args) -> str
             f"{train_rate:>11.1f} {infer_rate:>11.1f} {peak_text:>9}  {described}")
 
 
+def untrained_start(model: str, overrides: dict, args) -> Path:
+    """An untrained `model.pt` of the model another one starts from, with the same sizes."""
+    spec = REGISTRY[model]
+    hp = spec.hyperparameters({k: v for k, v in overrides.items() if k in spec.defaults})
+    path = Path(tempfile.mkdtemp(prefix="ferbench-throughput-")) / "model.pt"
+    return save_model(path, model, range(args.classes), hp,
+                      spec.build(args.classes, hp).state_dict(), {})
+
+
 def _first_line(error: Exception) -> str:
     """The exception's type and first line (CUDA out-of-memory messages run to a paragraph)."""
     message = str(error).strip()
@@ -222,7 +235,7 @@ def main() -> None:
     parser.add_argument("--width", type=float, help="override `width` (channel multiplier)")
     parser.add_argument("--input-size", type=int, help="override `input_size` (side in pixels)")
     parser.add_argument("--set", type=_assignment, action="append", default=[],
-                        metavar="NAME=VALUE", help="override any hyperparameter, e.g. step=2")
+                        metavar="NAME=VALUE", help="override any hyperparameter, e.g. decoders=2")
     parser.add_argument("--batch-size", type=int, help="default: each paper's")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per rate")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
