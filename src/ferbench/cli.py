@@ -3,6 +3,7 @@
     ferbench manifest ADAPTER ROOT [-o FILE]   read a dataset in its native layout, print counts
     ferbench models                            list the model registry (input size, parameters)
     ferbench dvc-yaml [--config FILE]          regenerate dvc.yaml from the Snakemake study
+    ferbench deal-private / serve-private / query-private   private inference (docs/privacy.md)
 """
 
 from __future__ import annotations
@@ -101,6 +102,38 @@ def _live(args) -> int:
     return 0
 
 
+def _deal_private(args) -> int:
+    from ferbench.privacy import protocol
+
+    shape = protocol.Shape(args.pixels, args.classes)
+    client_tuples, server_tuples = protocol.deal(shape, args.queries)
+    protocol.save_tuples(args.client_out, shape, client_tuples)
+    protocol.save_tuples(args.server_out, shape, server_tuples)
+    print(f"dealt {args.queries} one-time tuples: {args.client_out} (client), "
+          f"{args.server_out} (server)")
+    return 0
+
+
+def _serve_private(args) -> int:
+    from ferbench.privacy import server
+
+    server.serve(args.classifier, args.randomness, args.port)
+    return 0
+
+
+def _query_private(args) -> int:
+    from ferbench.privacy.client import PrivateClient, PrivateQueryError
+
+    try:
+        client = PrivateClient(args.server, Path(args.randomness))
+        for image, label in zip(args.images, client.classify_images(args.images)):
+            print(f"{image}\t{label}")
+    except PrivateQueryError as exc:
+        print(f"ferbench query-private: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _adapter_layouts() -> str:
     """Every registered adapter with the layout it reads, so `manifest --help` cannot drift
     from the registry."""
@@ -162,6 +195,31 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "window (when a display exists); q quits")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_live)
+
+    p = sub.add_parser("deal-private", help="the dealer of private inference: one-time "
+                                            "correlated randomness for client and server")
+    p.add_argument("--pixels", type=int, required=True,
+                   help="pixels per face of the classifier (its size squared)")
+    p.add_argument("--classes", type=int, required=True, help="classes of the classifier")
+    p.add_argument("--queries", type=int, required=True, help="how many queries to prepare")
+    p.add_argument("--client-out", required=True, help="the client's randomness (.npz)")
+    p.add_argument("--server-out", required=True, help="the server's randomness (.npz)")
+    p.set_defaults(func=_deal_private)
+
+    p = sub.add_parser("serve-private", help="classify faces privately for query-private "
+                                             "(HTTP on 127.0.0.1; runs until killed)")
+    p.add_argument("--classifier", required=True, help="classifier.npz of rule private_classifier")
+    p.add_argument("--randomness", required=True, help="the server's file from deal-private")
+    p.add_argument("--port", type=int, default=0, help="port (default 0: any free one)")
+    p.set_defaults(func=_serve_private)
+
+    p = sub.add_parser("query-private", help="the class of face-crop images from serve-private,"
+                                             " without the server seeing them")
+    p.add_argument("--server", required=True, help="URL that serve-private printed")
+    p.add_argument("--randomness", required=True, help="the client's file from deal-private")
+    p.add_argument("images", nargs="+", help="aligned face crops (greyscaled and resized to "
+                                             "the classifier's size)")
+    p.set_defaults(func=_query_private)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""Integers modulo 2^128 and the fixed-point encoding of the server's floats.
+
+The paper masks integers with one-time pads and scales the server's floats by a large factor
+s before rounding (§3.4, `u^T s v + s p`). Here s = 2^frac_bits and every masked value lives
+in the ring Z_q, q = 2^128: a uniformly random pad hides any ring element perfectly, and
+results are read back as signed integers in [-q/2, q/2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+
+import numpy as np
+
+RING_BITS = 128
+MODULUS = 1 << RING_BITS
+ELEMENT_BYTES = RING_BITS // 8
+_LOW64 = (1 << 64) - 1
+#: Largest weight after scaling, in bits: rounding then costs at most 2^-25 of the weight range.
+WEIGHT_BITS = 24
+
+
+def ring_array(values) -> np.ndarray:
+    """Python integers reduced into Z_q, as an object array (numpy's int64 would overflow)."""
+    return np.array([int(v) % MODULUS for v in np.ravel(values)], dtype=object).reshape(
+        np.shape(values))
+
+
+def random_ring(count: int) -> np.ndarray:
+    """`count` uniform elements of Z_q from the operating system's CSPRNG."""
+    return from_bytes(os.urandom(count * ELEMENT_BYTES))
+
+
+def expand_ring(seed: bytes, count: int) -> np.ndarray:
+    """`count` pseudo-random elements of Z_q stretched from a 256-bit seed with SHAKE-256."""
+    return from_bytes(hashlib.shake_256(seed).digest(count * ELEMENT_BYTES))
+
+
+def to_bytes(values: np.ndarray) -> bytes:
+    """Ring elements as 16-byte little-endian words, row-major."""
+    flat = np.ravel(values) % MODULUS
+    words = np.stack([(flat & _LOW64).astype(np.uint64), (flat >> 64).astype(np.uint64)], 1)
+    return words.astype("<u8").tobytes()
+
+
+def from_bytes(raw: bytes) -> np.ndarray:
+    """Inverse of `to_bytes` (a flat object array)."""
+    if len(raw) % ELEMENT_BYTES:
+        raise ValueError(f"{len(raw)} bytes is not a whole number of {ELEMENT_BYTES}-byte "
+                         "ring elements")
+    words = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
+    return words[:, 0].astype(object) + (words[:, 1].astype(object) << 64)
+
+
+def signed(values: np.ndarray) -> np.ndarray:
+    """Ring elements read as integers in [-q/2, q/2)."""
+    reduced = np.asarray(values, dtype=object) % MODULUS
+    return np.where(reduced >= MODULUS // 2, reduced - MODULUS, reduced)
+
+
+def frac_bits_for(weights: np.ndarray) -> int:
+    """The scale s = 2^frac_bits that maps the largest |weight| to about 2^WEIGHT_BITS."""
+    largest = float(np.max(np.abs(weights)))
+    if not math.isfinite(largest) or largest == 0:
+        raise ValueError("classifier weights must be finite and not all zero")
+    return WEIGHT_BITS - math.ceil(math.log2(largest))
+
+
+def encode(values: np.ndarray, frac_bits: int) -> np.ndarray:
+    """round(values * 2^frac_bits) as exact Python integers (object array)."""
+    scaled = np.rint(np.ldexp(np.asarray(values, dtype=np.float64), frac_bits))
+    return np.array([int(v) for v in scaled.ravel()], dtype=object).reshape(scaled.shape)
+
+
+def decode(values: np.ndarray, frac_bits: int) -> np.ndarray:
+    """Signed integers back to floats (divided by s, as the paper's last step)."""
+    return np.array([math.ldexp(int(v), -frac_bits) for v in np.ravel(values)]).reshape(
+        np.shape(values))
+
+
+def bit_length(values: np.ndarray) -> int:
+    """Bits of the largest |value| (0 for all zeros)."""
+    return max((abs(int(v)).bit_length() for v in np.ravel(values)), default=0)

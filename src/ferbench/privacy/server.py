@@ -1,0 +1,139 @@
+"""`ferbench serve-private`: the server's half of the protocol over HTTP on 127.0.0.1.
+
+Endpoints (JSON bodies; ring arrays as base64 of 16-byte little-endian words):
+GET  /info     public shape: pixels, classes, face size, class names, ring bits
+POST /offline  {"tuple"} -> {"matrix": V - A}                  (input-independent)
+POST /scores   {"tuple", "face": x + r} -> {"scores": z}
+POST /label    {"tuple", "shift": (j - e) mod C} -> {"labels": masked class list}
+A message that does not fit gets HTTP 400 with {"error": "<what is wrong>"}.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from ferbench.privacy import fixed_point as fp
+from ferbench.privacy import protocol
+from ferbench.privacy.classifier import LinearFaceClassifier
+from ferbench.privacy.protocol import ProtocolError
+
+MAX_BODY_BYTES = 64 << 20
+
+
+class PrivateClassifierService:
+    """The server's protocol state: its model, its dealer tuples, the queries in flight."""
+
+    def __init__(self, classifier: LinearFaceClassifier, randomness_path):
+        self.classifier = classifier
+        self.model = protocol.FixedPointClassifier.from_classifier(classifier)
+        shape, self.tuples = protocol.load_tuples(randomness_path, "server")
+        if shape != self.model.shape:
+            raise ValueError(f"{randomness_path} was dealt for {shape.pixels} pixels x "
+                             f"{shape.classes} classes; the classifier has "
+                             f"{self.model.shape.pixels} x {self.model.shape.classes}")
+        self.model.multiplier_bits  # refuse to start when the ring is too narrow
+        self.used = protocol.UsedTuples(randomness_path)
+        self.queries: dict[str, protocol.ServerQuery] = {}
+        self.lock = threading.Lock()
+
+    def info(self) -> dict:
+        return {"pixels": self.model.shape.pixels, "classes": self.model.shape.classes,
+                "size": self.classifier.size, "labels": list(self.classifier.labels),
+                "ring_bits": fp.RING_BITS}
+
+    def offline(self, message: dict) -> dict:
+        tuple_id = protocol.field(message, "tuple", str)
+        with self.lock:
+            if tuple_id not in self.tuples:
+                raise ProtocolError(f"unknown randomness tuple {tuple_id!r}")
+            self.used.spend(tuple_id)
+            randomness = self.tuples.pop(tuple_id)
+        query = protocol.ServerQuery.start(self.model, randomness)
+        with self.lock:
+            self.queries[tuple_id] = query
+        return {"matrix": protocol.pack(query.matrix)}
+
+    def scores(self, message: dict) -> dict:
+        query = self._query(message)
+        face = protocol.unpack(message, "face", self.model.shape.pixels)
+        with self.lock:
+            answer = query.answer_scores(face)
+        return {"scores": protocol.pack(answer)}
+
+    def label(self, message: dict) -> dict:
+        query = self._query(message)
+        shift = protocol.field(message, "shift", int)
+        if not 0 <= shift < self.model.shape.classes:
+            raise ProtocolError(f"shift must be in [0, {self.model.shape.classes}), got {shift}")
+        with self.lock:
+            labels = query.answer_label(shift)
+            del self.queries[query.randomness.tuple_id]
+        return {"labels": labels}
+
+    def _query(self, message: dict) -> protocol.ServerQuery:
+        tuple_id = protocol.field(message, "tuple", str)
+        with self.lock:
+            if tuple_id not in self.queries:
+                raise ProtocolError(f"no open query for tuple {tuple_id!r} (offline step "
+                                    "missing, or the query is finished)")
+            return self.queries[tuple_id]
+
+
+def make_server(service: PrivateClassifierService, port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1:`port` (0: any free port) answering `service`."""
+    routes = {"/offline": service.offline, "/scores": service.scores, "/label": service.label}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/info":
+                self._reply(HTTPStatus.OK, service.info())
+            else:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+
+        def do_POST(self):
+            route = routes.get(self.path)
+            if route is None:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
+                return
+            try:
+                self._reply(HTTPStatus.OK, route(self._message()))
+            except ProtocolError as error:
+                self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+
+        def _message(self) -> dict:
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
+                raise ProtocolError(f"a body of at most {MAX_BODY_BYTES} bytes with its "
+                                    "Content-Length is required")
+            try:
+                return json.loads(self.rfile.read(int(length)))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise ProtocolError(f"body is not JSON: {error}") from error
+
+        def _reply(self, status: HTTPStatus, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format, *args):  # noqa: A002 - the base class's name
+            """Quiet: a log line per request would record when each face was queried."""
+
+    return ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def serve(classifier_path, randomness_path, port: int) -> None:
+    """Run until killed, printing the URL first (flushed, for whoever started us)."""
+    service = PrivateClassifierService(LinearFaceClassifier.load(classifier_path),
+                                       randomness_path)
+    server = make_server(service, port)
+    print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
