@@ -33,6 +33,11 @@ DCGAN_ARRAY = "{results}/{dataset}/{protocol}/dcgan/fold{fold}.npy"
 DCGAN_TABLE = "{results}/{dataset}/{protocol}/dcgan/fold{fold}.csv"
 DCGAN_SAMPLES = "{results}/{dataset}/{protocol}/dcgan/fold{fold}.png"
 
+# Private inference (docs/privacy.md): the paper's linear classifier (projection B, mean b,
+# class templates) trained on one fold, and its plaintext test accuracy.
+PRIVATE_MODEL = "{results}/{dataset}/{protocol}/private/fold{fold}/classifier.npz"
+PRIVATE_ACCURACY = "{results}/{dataset}/{protocol}/private/fold{fold}/accuracy.json"
+
 # Model level: results/<dataset>/<protocol>/<model>/...
 FOLD_DIR = "{results}/{dataset}/{protocol}/{model}/fold{fold}"
 MODEL = FOLD_DIR + "/model.pt"
