@@ -63,18 +63,52 @@ def tiny_split(n=48, seed=0):
     return train.Split.from_arrays(images, targets, 48)
 
 
-def run_fit(tmp_path, epochs, name="ckpt.pt"):
+def run_fit(tmp_path, epochs, name="ckpt.pt", autocast=None):
     torch.manual_seed(0)
     spec = get("deep_emotion")
     hp = spec.hyperparameters({"epochs": epochs, "patience": 99, "batch_size": 16})
     model = spec.build(3, hp)
     return train.fit(model, hp, tiny_split(), tiny_split(24, 1), tmp_path / name, seed=0,
-                     device=torch.device("cpu"), progress=False, fingerprint="f")
+                     device=torch.device("cpu"), progress=False, fingerprint="f",
+                     autocast=autocast)
 
 
 def test_training_learns_a_separable_toy_task(tmp_path):
     history, _, _, _ = run_fit(tmp_path, epochs=8)
     assert history["val_acc"].max() > 0.8
+
+
+def test_bfloat16_autocast_trains_and_keeps_float32_weights(tmp_path):
+    """The mixed-precision path (bf16 autocast, as on CUDA) run on the CPU: it learns the
+    toy task, its weights stay float32, and its losses differ from float32's (it really
+    ran in bf16)."""
+    history, best, _, _ = run_fit(tmp_path, epochs=8, autocast=torch.bfloat16)
+    assert history["val_acc"].max() > 0.8
+    assert all(v.dtype == torch.float32 for v in best.values() if v.is_floating_point())
+    full, _, _, _ = run_fit(tmp_path, epochs=1, name="fp32.pt")
+    assert history["train_loss"][0] != full["train_loss"][0]
+
+
+@pytest.mark.parametrize("setting, device, model, expected", [
+    ("auto", "cpu", "deep_emotion", None),          # CPU: bit-reproducible float32
+    ("bf16", "cpu", "deep_emotion", torch.bfloat16),
+    ("off", "cpu", "deep_emotion", None),
+    ("auto", "cpu", "e2capsnet", None),
+    ("bf16", "cpu", "e2capsnet", torch.bfloat16),  # forced, even for capsules
+])
+def test_mixed_precision_choice(setting, device, model, expected):
+    spec = get(model)
+    network = spec.build(3, spec.hyperparameters({"input_size": 64, "width": 1 / 16}
+                                                 if model == "e2capsnet" else {}))
+    assert train.autocast_dtype(setting, torch.device(device), network) == expected
+
+
+def test_capsule_models_keep_routing_in_float32_and_the_rest_may_not():
+    tiny = {"input_size": 64, "width": 1 / 16}
+    assert get("e2capsnet").build(3, get("e2capsnet").hyperparameters(tiny)).full_precision
+    assert not get("vgg16").build(3, get("vgg16").hyperparameters(tiny)).full_precision
+    assert not getattr(get("mobilenet_cl").build(3, get("mobilenet_cl").hyperparameters()),
+                       "full_precision", False)
 
 
 def test_killed_training_resumes_to_identical_weights(tmp_path):

@@ -220,6 +220,9 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
     val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
                               spec.input_size(hp))
+    model = spec.build(len(labels), hp)
+    autocast = train_mod.autocast_dtype(config["mixed_precision"], device, model)
+    precision = str(autocast or torch.float32).removeprefix("torch.")
 
     tracker = _tracker(config)
     checkpoint = Path(paths["checkpoint"])
@@ -228,7 +231,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     if hp.get("init_from") and Path(hp["init_from"]).is_file():  # a retrained stage 1 counts
         files.append(hp["init_from"])
     fingerprint = hashlib.sha256(json.dumps(
-        [hp, seed, labels, threads, device.type, *map(file_sha256, files)],
+        [hp, seed, labels, threads, device.type, precision, *map(file_sha256, files)],
         sort_keys=True).encode()).hexdigest()
     resumed = train_mod.load_checkpoint(checkpoint, fingerprint, torch.device("cpu"))
     extra = resumed["state"]["extra"] if resumed else {}
@@ -241,6 +244,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     elif resumed is None:
         params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
                   "model": study["model"], "fold": fold, "seed": seed, "device": device.type,
+                  "precision": precision,
                   "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
                   "n_val": len(val_split), "git_commit": tracking.git_commit(),
                   "config_hash": config_hash(config),
@@ -254,10 +258,9 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
         metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
         tracker.log_metrics(state_extra["run_id"], metrics, step=row["epoch"])
 
-    model = spec.build(len(labels), hp)
     history, best_state, best_epoch, extra = train_mod.fit(
         model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress, extra,
-        fingerprint)
+        fingerprint, autocast)
     save_model(paths["model"], study["model"], labels, hp, best_state,
                config["datasets"][study["dataset"]]["faces"], best_epoch)
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
@@ -310,7 +313,8 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     folds = read_folds(paths["folds"])
     test_split, test_rows = role_split(paths, folds, fold, "test", saved["labels"],
                                        saved["model"], saved["input_size"])
-    probs = train_mod.predict(model, test_split, device)
+    probs = train_mod.predict(model, test_split, device, autocast=train_mod.autocast_dtype(
+        config["mixed_precision"], device, model))
     predicted = probs.argmax(1).numpy() if len(probs) else np.zeros(0, int)
     metrics = evaluate.classification_metrics(test_split.targets.numpy(), predicted,
                                               saved["labels"])

@@ -237,6 +237,11 @@ class FeaturesAndHead(FERModel):
     def features(self, face: torch.Tensor, attention: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def full_precision(self) -> bool:
+        """Capsule routing and squash stay float32 under mixed precision (train.autocast_dtype)."""
+        return isinstance(self.head, CapsuleHead)
+
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         expected = 1 + len(self.extra_channels)
         if x.shape[1] != expected:

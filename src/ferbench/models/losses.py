@@ -62,6 +62,7 @@ def update_centres(features: torch.Tensor, targets: torch.Tensor, centres: torch
     a class absent from the batch does not move. One-hot sums instead of a scatter keep the
     update deterministic on GPUs.
     """
+    features = features.to(centres.dtype)  # bfloat16 under autocast; centres stay float32
     one_hot = F.one_hot(targets, len(centres)).to(features.dtype)
     counts = one_hot.sum(0).unsqueeze(1)
     delta = (counts * centres - one_hot.T @ features) / (1 + counts)
