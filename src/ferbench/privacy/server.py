@@ -47,9 +47,9 @@ class PrivateClassifierService:
     def offline(self, message: dict) -> dict:
         tuple_id = protocol.field(message, "tuple", str)
         with self.lock:
-            if tuple_id not in self.tuples:
+            if tuple_id not in self.tuples and tuple_id not in self.used.ids:
                 raise ProtocolError(f"unknown randomness tuple {tuple_id!r}")
-            self.used.spend(tuple_id)
+            self.used.spend(tuple_id)  # refuses a tuple spent before, even before a restart
             randomness = self.tuples.pop(tuple_id)
         query = protocol.ServerQuery.start(self.model, randomness)
         with self.lock:
