@@ -223,3 +223,21 @@ def test_published_number_sits_beside_ours_with_the_protocol_differences(inputs,
     assert "<td>92.80</td>" in row
     assert ("split: paper a split the paper does not describe (cited from Minaee &amp; "
             "Abdolrashidi 2019 (the 213 original images)); ours subject-independent 5-fold") in row
+
+
+def test_ablation_table_puts_each_component_beside_the_papers_numbers(tmp_path):
+    rng = np.random.default_rng(2)
+    results = tmp_path / "results"
+    accuracies = {"vgg16": [0.5, 0.6], "rccnet": [0.7, 0.8], "e2capsnet": [0.8, 0.9],
+                  "deep_emotion": [0.4, 0.5]}
+    summaries = [write_summary(results, m, a, rng) for m, a in accuracies.items()]
+    text = build_report(summaries, [], [], tmp_path / "report.html").read_text(encoding="utf-8")
+    table = text.split("<h3>Ablations</h3>")[1].split("</table>")[0]
+    assert "E2-Capsnet Table 1" in table and "ours on synthetic / subject_5fold" in table
+    rows = table.split("</tr>")
+    assert "VGG16 + AU attention + capsules" in rows[3] and "85.24 (rafdb, Table 1" in rows[3]
+    assert f"<td>{pct(0.85)} ± " in rows[3]
+    assert "deep_emotion" not in table  # not part of any paper's ablation
+    # A study with one member of an ablation has nothing to compare: no section.
+    alone = build_report(summaries[-2:], [], [], tmp_path / "alone.html").read_text()
+    assert "<h3>Ablations</h3>" not in alone

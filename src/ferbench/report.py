@@ -285,6 +285,51 @@ def accuracy_section(studies: list[Study]) -> Html:
     return Html(out + _table(header, rows, "Test accuracy and macro-F1 (%)"))
 
 
+#: The papers' ablations: which registered models differ by one component, and how.
+ABLATIONS = {
+    "e2-capsnet-au-attention.txt": ("E2-Capsnet Table 1: what each enhancement adds", {
+        "vgg16": "VGG16 trunk + FC classifier",
+        "capsnet": "CapsNet on the raw face (no VGG trunk)",
+        "avggnet": "VGG16 + AU attention + FC classifier",
+        "rccnet": "VGG16 + capsules (no attention)",
+        "e2capsnet": "VGG16 + AU attention + capsules",
+        "decapsnet": "VGG19 + AU attention + capsules + DCGAN faces (DE-Capsnet)",
+    }),
+    "dam-cnn-serd-mpvs.txt": ("DAM-CNN's steps: what MPVS-Net adds to VGG-SERD", {
+        "vgg_serd": "step 1: VGG + SERD attention + FC classifier",
+        "damcnn": "step 2: frozen VGG-SERD + MPVS-Net",
+    }),
+}
+
+
+def ablation_section(studies: list[Study], entries: list[published.Published]) -> Html:
+    """Each paper's ablation as one table per (dataset, protocol), ours beside the paper's
+    own numbers for the same models (on the paper's dataset, named)."""
+    out = ""
+    for paper, (title, components) in ABLATIONS.items():
+        columns: dict[tuple, dict[str, dict]] = {}
+        for study in studies:
+            s = study.summary
+            if s["model"] in components:
+                columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
+        for (dataset, protocol), cells in columns.items():
+            if len(cells) < 2:
+                continue
+            rows = []
+            for model, parts in components.items():
+                if model not in cells:
+                    continue
+                theirs = [f"{e.accuracy:.2f} ({e.datasets}, {e.where})" for e in entries
+                          if e.paper == paper and e.model == model]
+                s = cells[model]
+                rows.append([model, parts, _mean_std(s["accuracy_mean"], s["accuracy_std"]),
+                             _mean_std(s["macro_f1_mean"], s["macro_f1_std"]),
+                             "<br>".join(theirs) or "—"])
+            out += _table(["model", "components", "ours: accuracy", "ours: macro-F1",
+                           "paper (%)"], rows, f"{title} — ours on {dataset} / {protocol}")
+    return Html("<h3>Ablations</h3>\n" + out) if out else Html("")
+
+
 def _folds_table(study: Study) -> Html:
     rows = [[f["fold"], f["n_train"], f["n_val"], f["n_test"], _pct(f["accuracy"]),
              _pct(f["macro_f1"]), NA if m is None else m["best_epoch"]]
@@ -453,8 +498,9 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
     """Write the report and return its path; same inputs always give the same bytes."""
     studies = [load_study(Path(p)) for p in summaries]
     with matplotlib.rc_context(RC):
+        entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
-                + published_section(studies, published.load())
+                + ablation_section(studies, entries) + published_section(studies, entries)
                 + studies_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
                 + runtime_section(sorted(Path(p) for p in benchmarks)))
