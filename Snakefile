@@ -1,6 +1,9 @@
 # ferbench: facial-expression-recognition benchmark workflow.
-# Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report,
-# and faces -> landmarks -> report (68 points per face crop, for the AU-attention models).
+# Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report;
+# train -> explain -> report (attention heatmaps, t-SNE); faces -> landmarks -> train/evaluate
+# (AU attention maps) and report; folds -> dcgan -> train (DE-Capsnet's DCGAN faces);
+# train -> train (DAM-CNN's step 2 on step 1, fine-tuning on a pretraining stage);
+# folds -> private_classifier (asked for by path: the private-inference application).
 from snakemake.utils import min_version
 
 min_version("9.0")
