@@ -243,8 +243,8 @@ def test_spent_randomness_is_never_used_again_by_a_new_client(trained, server):
     assert spent not in {t.tuple_id for t in second.unused}
 
 
-def test_randomness_of_the_wrong_party_or_shape_is_refused(model, tmp_path):
-    client_file, server_file = deal_files(tmp_path, protocol.Shape(16, 3), 1)
+def test_randomness_of_the_other_party_is_refused(tmp_path):
+    _, server_file = deal_files(tmp_path, protocol.Shape(16, 3), 1)
     with pytest.raises(ValueError, match="holds the server's randomness"):
         protocol.load_tuples(server_file, "client")
 

@@ -22,12 +22,6 @@ _LOW64 = (1 << 64) - 1
 WEIGHT_BITS = 24
 
 
-def ring_array(values) -> np.ndarray:
-    """Python integers reduced into Z_q, as an object array (numpy's int64 would overflow)."""
-    return np.array([int(v) % MODULUS for v in np.ravel(values)], dtype=object).reshape(
-        np.shape(values))
-
-
 def random_ring(count: int) -> np.ndarray:
     """`count` uniform elements of Z_q from the operating system's CSPRNG."""
     return from_bytes(os.urandom(count * ELEMENT_BYTES))
@@ -78,8 +72,3 @@ def decode(values: np.ndarray, frac_bits: int) -> np.ndarray:
     """Signed integers back to floats (divided by s, as the paper's last step)."""
     return np.array([math.ldexp(int(v), -frac_bits) for v in np.ravel(values)]).reshape(
         np.shape(values))
-
-
-def bit_length(values: np.ndarray) -> int:
-    """Bits of the largest |value| (0 for all zeros)."""
-    return max((abs(int(v)).bit_length() for v in np.ravel(values)), default=0)

@@ -187,8 +187,8 @@ class FixedPointClassifier:
     def multiplier_bits(self) -> int:
         """Bits of spread left for rho_ij: rho_ij * (score_i - score_j) must stay below
         q/2 in absolute value for every possible face."""
-        widest = max(fp.bit_length([np.abs(self.weights[i] - self.weights[j]).sum() * PIXEL_MAX
-                                    + abs(self.offsets[i] - self.offsets[j])])
+        widest = max(int(np.abs(self.weights[i] - self.weights[j]).sum() * PIXEL_MAX
+                         + abs(self.offsets[i] - self.offsets[j])).bit_length()
                      for i, j in pairs(self.shape.classes))
         bits = fp.RING_BITS - 2 - widest
         if bits < MIN_MULTIPLIER_BITS:
