@@ -1,7 +1,8 @@
 rule explain:
     """Attention heatmaps over fold 0's test faces and t-SNE of the model's representations.
 
-    Its test faces are built as the evaluate rule builds them (AU maps from landmarks)."""
+    Its test faces are built as the evaluate rule builds them (AU maps from landmarks).
+    """
     input:
         unpack(evaluate_extras),
         faces=tested_faces_array,
