@@ -3,6 +3,8 @@
     ferbench manifest ADAPTER ROOT [-o FILE]   read a dataset in its native layout, print counts
     ferbench models                            list the model registry (input size, parameters)
     ferbench dvc-yaml [--config FILE]          regenerate dvc.yaml from the Snakemake study
+    ferbench live SOURCE --model PATH | --run-id ID   expressions of every face in a video,
+                                               a webcam or an image folder (docs/live.md)
     ferbench deal-private / serve-private / query-private   private inference (docs/privacy.md)
 """
 
