@@ -305,14 +305,20 @@ def load_model(path, device: torch.device | None = None):
 
 # -- 6. evaluate -----------------------------------------------------------------------------
 
-def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
-    """Test-set metrics of one fold; closes the fold's MLflow run with metrics and artifacts."""
+def trained_and_tested(paths: dict, fold: int, config: dict, threads: int):
+    """(model, its model.pt record, test split, test rows, device) of one trained fold."""
     torch.set_num_threads(max(1, threads))
     device = train_mod.select_device(config["device"])
     model, saved = load_model(paths["model"], device)
-    folds = read_folds(paths["folds"])
-    test_split, test_rows = role_split(paths, folds, fold, "test", saved["labels"],
-                                       saved["model"], saved["input_size"])
+    test_split, test_rows = role_split(paths, read_folds(paths["folds"]), fold, "test",
+                                       saved["labels"], saved["model"], saved["input_size"])
+    return model, saved, test_split, test_rows, device
+
+
+def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
+    """Test-set metrics of one fold; closes the fold's MLflow run with metrics and artifacts."""
+    model, saved, test_split, test_rows, device = trained_and_tested(paths, fold, config,
+                                                                     threads)
     probs = train_mod.predict(model, test_split, device, autocast=train_mod.autocast_dtype(
         config["mixed_precision"], device, model))
     predicted = probs.argmax(1).numpy() if len(probs) else np.zeros(0, int)
@@ -360,12 +366,7 @@ def explain_fold(study: dict, fold: int, paths: dict, config: dict, threads: int
     evaluate stage's faces, folds (and landmarks) and model, and attention/tsne/info outputs."""
     from ferbench import explain
 
-    torch.set_num_threads(max(1, threads))
-    device = train_mod.select_device(config["device"])
-    model, saved = load_model(paths["model"], device)
-    folds = read_folds(paths["folds"])
-    test_split, test_rows = role_split(paths, folds, fold, "test", saved["labels"],
-                                       saved["model"], saved["input_size"])
+    model, saved, test_split, test_rows, _ = trained_and_tested(paths, fold, config, threads)
     info = explain.explain(model, test_split.images, test_split.targets, saved["labels"],
                            paths["attention"], paths["tsne"], config["seed"],
                            study_context(study, config))
