@@ -36,9 +36,9 @@ def detected_boxes(jsonl: Path, frames: int) -> list[list[tuple]]:
 
 
 def measure(video: Path, truth, model_file: Path, device: torch.device, detect_scale: float,
-            out_dir: Path) -> dict:
+            detect_every: int, out_dir: Path) -> dict:
     model = live.load_live_model(model_file, device)
-    with live.Recognizer(model, device, detect_scale) as recognizer:
+    with live.Recognizer(model, device, detect_scale, detect_every) as recognizer:
         summary = live.run(live.open_source(str(video)), recognizer, out_dir, progress=False)
     found = detected_boxes(out_dir / "faces.jsonl", len(truth))
     return {**summary, "recall": live.detection_recall(truth, found)}
@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--faces", type=int, nargs="+", default=[1, 3, 8])
     parser.add_argument("--models", nargs="+", default=["mobilenet_cl", "deep_emotion"])
     parser.add_argument("--detect-scale", type=float, default=0.5)
+    parser.add_argument("--detect-every", type=int, default=1,
+                        help="detect on every N-th frame, reuse the boxes in between")
     parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
@@ -59,6 +61,7 @@ def main() -> None:
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
                                        else [])
     print(f"640x480, {args.frames} frames, detect scale {args.detect_scale}, "
+          f"detection every {args.detect_every} frame(s), "
           f"{args.threads} thread(s), best of {args.repeats}")
     print(f"{'device':<6} {'model':<13} {'faces':>5} {'detect ms/frame':>16} "
           f"{'preproc ms/face':>16} {'classify ms/face':>17} {'fps':>6} {'recall':>7}")
@@ -72,7 +75,8 @@ def main() -> None:
                                                         vars(faces.FaceOptions()))
                 for n, (video, truth) in videos.items():
                     runs = [measure(video, truth, model_file, device, args.detect_scale,
-                                    tmp / "out") for _ in range(args.repeats)]
+                                    args.detect_every, tmp / "out")
+                            for _ in range(args.repeats)]
                     best = max(runs, key=lambda r: r["end_to_end_fps"])
                     print(f"{device.type:<6} {name:<13} {n:>5} "
                           f"{best['detection_ms_per_frame']:>16.2f} "

@@ -100,6 +100,20 @@ def test_video_every_planted_face_is_found_labelled_and_logged(planted, model_fi
     assert annotated_difference.max() > 100  # the boxes and labels are drawn in
 
 
+def test_detecting_every_third_frame_keeps_the_boxes_in_between(planted, model_file, tmp_path,
+                                                                one_thread):
+    video, _ = planted
+    out = tmp_path / "out"
+    assert run_live(video, "--model", model_file, "-o", out, "--detect-every", 3) == 0
+    rows, _, summary = read_outputs(out)
+    assert summary["detect_every"] == 3 and summary["faces"] == FRAMES * FACES
+    boxes = {frame: sorted(row["box"] for row in rows if row["frame"] == frame)
+             for frame in range(FRAMES)}
+    assert boxes[0] == boxes[1] == boxes[2] and boxes[3] == boxes[4] == boxes[5]
+    assert boxes[0] != boxes[3]  # the faces drift, and frame 3 is detected afresh
+    assert run_live(video, "--model", model_file, "-o", out, "--detect-every", 0) == 2
+
+
 def test_image_folder_gives_the_face_stage_crops_and_the_training_input(model_file, tmp_path,
                                                                        one_thread):
     """Live on an image folder classifies each face exactly as the workflow's evaluation would

@@ -96,7 +96,7 @@ def _live(args) -> int:
     if args.display and not display:
         print("ferbench live: no display (or an OpenCV without GUI): running headless",
               file=sys.stderr)
-    with live.Recognizer(model, device, args.detect_scale) as recognizer:
+    with live.Recognizer(model, device, args.detect_scale, args.detect_every) as recognizer:
         summary = live.run(source, recognizer, out_dir, display, args.max_frames,
                            progress=not args.quiet)
     print(live.format_timings(summary))
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-scale", type=float, default=0.5,
                    help="detect faces on the frame scaled by this (0, 1]; crops still come from "
                         "the full frame (default 0.5: 640x480 is searched at 320x240)")
+    p.add_argument("--detect-every", type=int, default=1,
+                   help="run the detector on every N-th frame and keep its boxes in between "
+                        "(every frame is still classified; default 1, the paper's system)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch and OpenCV (default 1: a frame's few small faces "
