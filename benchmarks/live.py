@@ -22,6 +22,7 @@ import cv2
 import torch
 
 from ferbench import faces, live
+from ferbench.cli import LIVE_THREADS
 
 LABELS = ["neutral", "anger", "disgust", "fear", "happiness", "sadness", "surprise"]
 
@@ -53,7 +54,8 @@ def main() -> None:
     parser.add_argument("--detect-scale", type=float, default=0.5)
     parser.add_argument("--detect-every", type=int, default=1,
                         help="detect on every N-th frame, reuse the boxes in between")
-    parser.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads")
+    parser.add_argument("--threads", type=int, default=LIVE_THREADS,
+                        help="torch and OpenCV threads (default: ferbench live's)")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
 
+#: `ferbench live`'s default thread count for torch and OpenCV.
+LIVE_THREADS = min(2, os.cpu_count() or 1)
 
 def _manifest(args) -> int:
     from ferbench.data import adapters
@@ -190,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the detector on every N-th frame and keep its boxes in between "
                         "(every frame is still classified; default 1, the paper's system)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads for torch and OpenCV (default 1: a frame's few small faces "
-                        "gain little from more, and on a busy machine more threads cost much)")
+    p.add_argument("--threads", type=int, default=LIVE_THREADS,
+                   help="CPU threads for torch and OpenCV (default 2, or 1 on a 1-core machine: "
+                        "a frame's few small faces gain little from more; on a machine busy "
+                        "with other jobs, 1 avoids contention)")
     p.add_argument("--max-frames", type=int, help="stop after this many frames")
     p.add_argument("--fps", type=float, help="frame rate of the output video (default: the "
                                              "source's, else 25)")
