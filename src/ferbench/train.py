@@ -110,8 +110,7 @@ def on_device(split: Split, device: torch.device) -> Split:
     free, _ = torch.cuda.mem_get_info(device)
     move = (lambda t: t.to(device)) if split.images.numel() < free // 4 else \
         (lambda t: t.pin_memory())
-    return Split(move(split.images), move(split.targets),
-                 None if split.groups is None else split.groups)
+    return Split(move(split.images), move(split.targets), split.groups)
 
 
 def autocast_dtype(setting: str, device: torch.device, model: torch.nn.Module
