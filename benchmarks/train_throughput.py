@@ -117,15 +117,15 @@ def synthetic_batch(model: torch.nn.Module, batch_size: int, side: int, classes:
                     device: torch.device):
     """uint8 faces (for `prepare`), the model's input on the device and targets.
 
-    Models with `extra_channels` (an AU attention map in [0, 1]) get them appended as
-    uniform noise; the targets cycle through every class, as damcnn step 2 needs each
+    Models with `extra_channels` (an AU attention map, scaled like the face to [-1, 1]) get
+    them appended as uniform noise; the targets cycle through every class, as damcnn step 2 needs each
     class among the prepared samples.
     """
     faces = torch.randint(0, 256, (batch_size, 1, side, side), dtype=torch.uint8)
     x = as_input(faces, device)
     extra = len(getattr(model, "extra_channels", ()))
     if extra:
-        x = torch.cat([x, torch.rand(batch_size, extra, side, side, device=device)], 1)
+        x = torch.cat([x, torch.rand(batch_size, extra, side, side, device=device) * 2 - 1], 1)
     targets = torch.arange(batch_size) % classes
     return faces, x, targets.to(device)
 

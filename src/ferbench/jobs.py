@@ -16,7 +16,6 @@ import torch
 
 from ferbench import augment as augment_mod
 from ferbench import evaluate, faces, inputs, models, splits, tracking
-from ferbench import gan_augment
 from ferbench import train as train_mod
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.manifest import CANONICAL_LABELS
@@ -143,6 +142,8 @@ def dcgan_fold(faces_array, folds_path, fold: int, options: dict, seed: int, out
     """DE-Capsnet's per-class DCGAN faces for one fold, trained on its training role only.
     The thread count is fixed because CPU float reductions, and so the bytes, depend on it;
     `device` is the config's (auto: CUDA when present)."""
+    from ferbench import gan_augment
+
     train_mod.make_deterministic(seed, threads)
     array, table = gan_augment.generate_fold(np.load(faces_array), read_folds(folds_path), fold,
                                              gan_augment.DCGANOptions.from_config(options), seed,

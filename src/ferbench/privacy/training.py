@@ -4,12 +4,10 @@ test faces."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from ferbench import jobs
+from ferbench.train import class_index
 from ferbench.privacy import classifier as classifier_mod
 from ferbench.privacy.protocol import FixedPointClassifier
 
@@ -20,7 +18,7 @@ def train_fold(faces_path, folds_path, fold: int, model_out, accuracy_out,
     faces = np.load(faces_path)
     folds = jobs.read_folds(folds_path)
     labels = jobs.protocol_labels(folds)
-    index = {label: k for k, label in enumerate(labels)}
+    index = class_index(labels)
     part = folds[folds["fold"] == fold]
     if part.empty:
         raise ValueError(f"{folds_path} has no fold {fold}")
@@ -40,5 +38,5 @@ def train_fold(faces_path, folds_path, fold: int, model_out, accuracy_out,
             "test_accuracy": float(np.mean(plain == truth)),
             "fixed_point_test_accuracy": float(np.mean(fixed == truth)),
             "fixed_point_agreement": float(np.mean(fixed == plain))}
-    Path(accuracy_out).write_text(json.dumps(info, indent=2) + "\n")
+    jobs.write_json(accuracy_out, info)
     return info
