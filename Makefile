@@ -29,14 +29,14 @@ $(MEDIAPIPE_STAMP): $(MEDIAPIPE_REQUIREMENTS)
 install: $(STAMP) $(MEDIAPIPE_STAMP)
 
 demo: install
-	$(BIN)/snakemake --cores all
+	$(BIN)/snakemake --cores all --configfile config/demo.yaml
 	@echo "report: results/report.html   runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
 
 test: install
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/snakemake --lint
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check .
 	$(BIN)/ferbench dvc-yaml --check
 

@@ -9,9 +9,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
-
-
+# No default configfile: a study is exactly its own file plus the schema's defaults
+# (`--configfile config/demo.yaml` for the demo, `--configfile my-study.yaml` for yours).
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/faces.smk"

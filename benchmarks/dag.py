@@ -33,7 +33,7 @@ MODELS = ("deepfer", "deep_emotion", "mobilenet_cl", "vgg16", "rccnet", "damcnn"
 
 def matrix_config() -> dict:
     """The default config widened to 5 datasets x 6 models x 10 folds."""
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     template = config["datasets"]["synthetic"]
     config["datasets"] = {f"synthetic{i}": template for i in range(DATASETS)}
     protocol = {**config["protocols"]["subject_5fold"], "folds": FOLDS}
@@ -47,7 +47,7 @@ def matrix_config() -> dict:
 def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
     """Wall time and output of one `snakemake` call on the repository's Snakefile."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "2", *args]
+           str(workdir), "--cores", "2", "--configfile", str(workdir / "study.yaml"), *args]
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=workdir, env=environment, capture_output=True, text=True)
@@ -85,8 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        (workdir / "config").mkdir()
-        (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(matrix_config()))
+        (workdir / "study.yaml").write_text(yaml.safe_dump(matrix_config()))
 
         dry = [snakemake(workdir, "-n") for _ in range(args.repeat)]
         counts = job_counts(dry[0][1])

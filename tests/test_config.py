@@ -7,7 +7,7 @@ from tests.conftest import ROOT, tiny_config
 
 
 def test_default_config_validates_and_fills_defaults():
-    config = config_mod.load(ROOT / "config" / "config.yaml")
+    config = config_mod.load(ROOT / "config" / "demo.yaml")
     assert config["mlflow"]["experiment"] == "ferbench"
     assert config["protocols"]["subject_5fold"]["folds"] == 5
     assert config["datasets"]["synthetic"]["faces"]["detector"] == "haar"
@@ -46,8 +46,8 @@ def test_unreadable_yaml_is_a_config_error(tmp_path):
 
 
 def test_every_config_key_is_explained_by_a_comment():
-    """config/config.yaml documents each top-level block in a comment above it."""
-    lines = (ROOT / "config" / "config.yaml").read_text().splitlines()
+    """config/demo.yaml documents each top-level block in a comment above it."""
+    lines = (ROOT / "config" / "demo.yaml").read_text().splitlines()
     for key in yaml.safe_load("\n".join(lines)):
         at = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
         assert lines[at - 1].startswith("#"), f"top-level key {key!r} has no comment above it"
@@ -151,3 +151,65 @@ def test_a_pretraining_stage_is_checked(tmp_path, pretrain, models, message):
     raw["studies"][0]["pretrain"] = {"dataset": "other", "protocol": "subject_5fold"}
     raw["studies"][0]["models"] = ["mobilenet_cl"]
     assert config_mod.validate(raw)["studies"][0]["pretrain"]["dataset"] == "other"
+
+
+def _two_stage_config(tmp_path) -> dict:
+    """MobileNet-CL's two stages as the paper trains them: lr 0.01 on the first dataset,
+    0.045 on the target (Section 5), every other key from the global block or the paper."""
+    raw = tiny_config(tmp_path)
+    raw["datasets"]["other"] = raw["datasets"]["synthetic"]
+    raw["models"] = {"mobilenet_cl": {"epochs": 3, "width": 0.25}}
+    raw["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
+                       "models": ["mobilenet_cl"],
+                       "hyperparameters": {"mobilenet_cl": {"lr": 0.045}},
+                       "pretrain": {"dataset": "other", "protocol": "subject_5fold",
+                                    "hyperparameters": {"mobilenet_cl": {"lr": 0.01}}}}]
+    return raw
+
+
+def test_each_training_resolves_its_own_recipe(tmp_path):
+    from ferbench.models import get
+
+    config = config_mod.validate(_two_stage_config(tmp_path))
+    target = config_mod.recipe(config, "synthetic", "subject_5fold", "mobilenet_cl")
+    stage1 = config_mod.recipe(config, "other", "subject_5fold", "mobilenet_cl")
+    paper = get("mobilenet_cl").defaults
+    assert (target["lr"], stage1["lr"]) == (0.045, 0.01)
+    assert target["epochs"] == stage1["epochs"] == 3  # the global block, under the study's
+    assert target["lr_decay"] == paper["lr_decay"] and target["batch_size"] == paper["batch_size"]
+    # A model no block names gets exactly its paper defaults.
+    assert config_mod.recipe(config, "synthetic", "subject_5fold", "deepfer") == \
+        get("deepfer").hyperparameters()
+
+
+def test_a_study_block_typo_names_its_key(tmp_path):
+    raw = _two_stage_config(tmp_path)
+    raw["studies"][0]["hyperparameters"]["mobilenet_cl"]["learning_rate"] = 0.1
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"'studies.0.hyperparameters.mobilenet_cl.learning_rate'"):
+        config_mod.validate(raw)
+    raw = _two_stage_config(tmp_path)
+    raw["studies"][0]["pretrain"]["hyperparameters"] = {"nonet": {"lr": 0.1}}
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"'studies.0.pretrain.hyperparameters.nonet': unknown model"):
+        config_mod.validate(raw)
+
+
+def test_one_training_cannot_have_two_recipes(tmp_path):
+    raw = _two_stage_config(tmp_path)
+    raw["studies"].append({"dataset": "other", "protocol": "subject_5fold",
+                           "models": ["mobilenet_cl"],
+                           "hyperparameters": {"mobilenet_cl": {"lr": 0.02}}})
+    with pytest.raises(config_mod.ConfigError, match=r"'studies.1.hyperparameters.mobilenet_cl'"
+                       r".*already has other hyperparameters at 'studies.0.pretrain"):
+        config_mod.validate(raw)
+
+
+def test_a_study_file_is_the_whole_study(tmp_path):
+    """Nothing of the demo reaches a study that leaves keys out: they take the schema's
+    defaults (the demo's augment.copies is 2, the schema's 3; the demo trains deepfer)."""
+    raw = tiny_config(tmp_path)
+    del raw["models"], raw["augment"]
+    config = config_mod.validate(raw)
+    assert config["models"] == {} and config["augment"]["copies"] == 3
+    assert list(config["datasets"]) == ["synthetic"]

@@ -13,7 +13,7 @@ import yaml
 from ferbench import config as config_mod
 from ferbench import dvcgen
 from tests.conftest import ROOT, tiny_config
-from tests.workflow_helpers import BIN, env, write_config
+from tests.workflow_helpers import BIN, STUDY_FILE, env, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +38,14 @@ def fresh_copy(dest: Path) -> Path:
 
 
 def test_committed_dvc_yaml_is_generated_from_the_default_config():
-    config = config_mod.load(ROOT / "config" / "config.yaml")
-    assert (ROOT / "dvc.yaml").read_text() == dvcgen.render(config, "config/config.yaml")
+    config = config_mod.load(ROOT / "config" / "demo.yaml")
+    assert (ROOT / "dvc.yaml").read_text() == dvcgen.render(config, "config/demo.yaml")
 
 
 def test_dvc_repro_reproduces_and_remote_round_trips(tmp_path):
     project = fresh_copy(tmp_path / "clone")
     write_config(project, tiny_config(Path("results")))
-    run([str(BIN / "ferbench"), "dvc-yaml"], project)
+    run([str(BIN / "ferbench"), "dvc-yaml", "--config", str(STUDY_FILE)], project)
     run([str(BIN / "dvc"), "repro"], project, timeout=1200)
 
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]

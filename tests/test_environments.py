@@ -138,7 +138,8 @@ def test_workflow_lints_clean_through_the_slurm_profile():
     """The profile parses (its resource expressions included) and the workflow is lint-clean
     under it; the plain lint and snakefmt run in tests/test_cli.py."""
     bin_dir = Path(sys.executable).parent
-    lint = subprocess.run([str(bin_dir / "snakemake"), "--lint", "--profile", "profiles/slurm"],
+    lint = subprocess.run([str(bin_dir / "snakemake"), "--lint", "--profile", "profiles/slurm",
+                           "--configfile", "config/demo.yaml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, (
         lint.stdout[-3000:] + lint.stderr[-3000:])

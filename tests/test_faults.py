@@ -24,9 +24,9 @@ import pandas as pd
 import pytest
 import torch
 
-from tests.conftest import ROOT, tiny_config
-from tests.workflow_helpers import (BIN, assert_study_finished, env, mlflow_runs, run_snakemake,
-                                    write_config)
+from tests.conftest import tiny_config
+from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
+                                    snakemake_command, write_config)
 
 pytestmark = pytest.mark.slow
 STUDY = Path("results") / "synthetic" / "subject_5fold"
@@ -52,8 +52,7 @@ def kill_at_first_checkpoint(workdir: Path, timeout: float = 600) -> Path:
     """Run the workflow one job at a time and SIGKILL its whole process group (Snakemake and
     the training job, as a node failure would) as soon as a fold has checkpointed an epoch.
     Returns the checkpoint that was left behind."""
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "1"]
+    cmd = snakemake_command(workdir, cores=1)
     process = subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout

@@ -11,7 +11,7 @@ import pytest
 
 from ferbench import tracking
 from tests.conftest import ROOT, tiny_config
-from tests.workflow_helpers import env, run_snakemake, write_config
+from tests.workflow_helpers import env, mlflow_runs, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
 RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "summarize",
@@ -20,11 +20,15 @@ RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "s
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory):
-    """The same tiny study run twice in two fresh folders."""
+    """The same tiny study run twice in two fresh folders; the second file has no `models:`
+    block and gives the same recipe as the study's own `hyperparameters:`."""
     runs = []
     for name in ("first", "second"):
         workdir = tmp_path_factory.mktemp(name)
-        write_config(workdir, tiny_config(Path("results")))
+        config = tiny_config(Path("results"))
+        if name == "second":
+            config["studies"][0]["hyperparameters"] = config.pop("models")
+        write_config(workdir, config)
         run_snakemake(workdir)
         runs.append(workdir / "results")
     return runs
@@ -96,6 +100,19 @@ def test_mlflow_holds_one_nested_run_per_fold(tiny_runs):
         assert {"metrics.json", "history.csv", "predictions.csv", "model"} <= artifacts
 
 
+def test_a_study_without_models_trains_the_paper_defaults_under_its_own_block(tiny_runs):
+    from ferbench.models import get
+
+    _, folds = mlflow_runs(tiny_runs[1])
+    study_block = tiny_config(Path("results"))["models"]["deep_emotion"]
+    expected = {**get("deep_emotion").hyperparameters(), **study_block}
+    assert len(folds) == 3
+    for run in folds:
+        for key, value in expected.items():
+            assert run.data.params[key] == str(value), key
+    assert expected["epochs"] != get("deep_emotion").defaults["epochs"]  # the block did act
+
+
 def test_a_killed_rerun_is_a_noop_when_nothing_changed(tiny_runs):
     workdir = tiny_runs[0].parent
     result = run_snakemake(workdir, "-n")
@@ -106,8 +123,8 @@ def test_dry_run_of_the_default_config_lists_every_stage():
     import subprocess
     import sys
 
-    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "2"],
-                            cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "2",
+                             "--configfile", "config/demo.yaml"], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     listed = set(re.findall(r"^(\w+)\s+\d+$", result.stdout, re.MULTILINE))
     assert set(RULES) <= listed

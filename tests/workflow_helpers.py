@@ -23,19 +23,30 @@ def env() -> dict:
     return out
 
 
+#: Where a test's study file lives in its working folder (run_snakemake passes it).
+STUDY_FILE = Path("config") / "study.yaml"
+
+
 def write_config(workdir: Path, config: dict) -> Path:
-    """Write the config where the Snakefile's `configfile:` looks for it in `workdir`."""
-    path = workdir / "config" / "config.yaml"
+    """Write a test's study file into `workdir` (snakemake_command passes it)."""
+    path = workdir / STUDY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
+def snakemake_command(workdir: Path, *args: str, cores: int = 2) -> list[str]:
+    """The real `snakemake` on the repository's Snakefile, with `workdir` as working folder
+    and its study file as the only config (unless `args` name another)."""
+    study = [] if "--configfile" in args else ["--configfile", str(workdir / STUDY_FILE)]
+    return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
+            str(workdir), "--cores", str(cores), *study, *args]
+
+
 def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
                   cores: int = 2):
-    """The real `snakemake` on the repository's Snakefile, with `workdir` as working folder."""
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", str(cores), *args]
+    """Run snakemake_command and return its result (an AssertionError on failure)."""
+    cmd = snakemake_command(workdir, *args, cores=cores)
     result = subprocess.run(cmd, cwd=workdir, env=env(), capture_output=True, text=True,
                             timeout=timeout)
     if check and result.returncode != 0:

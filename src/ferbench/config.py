@@ -92,16 +92,52 @@ def _check_references(config: dict) -> None:
         if "pretrain" in study:
             _check_pretrain(config, study, f"studies.{i}.pretrain")
     for name, overrides in config["models"].items():
-        if name not in REGISTRY:
-            raise ConfigError(
-                f"config key 'models.{name}': unknown model (registered: {', '.join(REGISTRY)})"
-            )
-        unknown = sorted(set(overrides) - set(REGISTRY[name].defaults))
-        if unknown:
-            raise ConfigError(
-                f"config key 'models.{name}.{unknown[0]}': not a hyperparameter of {name} "
-                f"(it has: {', '.join(sorted(REGISTRY[name].defaults))})"
-            )
+        _check_hyperparameters(name, overrides, f"models.{name}")
+    study_blocks(config)  # names a study block that is not a model's, or two that disagree
+
+
+def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
+    """A block of hyperparameters names a registered model and only keys that model has."""
+    from ferbench.models import REGISTRY
+
+    if model not in REGISTRY:
+        raise ConfigError(f"config key '{key}': unknown model (registered: {', '.join(REGISTRY)})")
+    known = REGISTRY[model].hyperparameters()
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise ConfigError(f"config key '{key}.{unknown[0]}': not a hyperparameter of {model} "
+                          f"(it has: {', '.join(sorted(known))})")
+
+
+def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
+    """Each (dataset, protocol, model) training's own hyperparameters, from the study entry
+    whose dataset and protocol it trains on, or from the `pretrain:` block that asks for it.
+    One training has one recipe: two blocks that give it different values are refused."""
+    blocks: dict[tuple[str, str, str], tuple[str, dict]] = {}
+    for i, study in enumerate(config["studies"]):
+        owners = [(f"studies.{i}.hyperparameters", study)]
+        if "pretrain" in study:
+            owners.append((f"studies.{i}.pretrain.hyperparameters", study["pretrain"]))
+        for key, owner in owners:
+            for model, block in owner.get("hyperparameters", {}).items():
+                _check_hyperparameters(model, block, f"{key}.{model}")
+                training = (owner["dataset"], owner["protocol"], model)
+                earlier = blocks.setdefault(training, (f"{key}.{model}", block))
+                if earlier[1] != block:
+                    raise ConfigError(
+                        f"config key '{key}.{model}': {model} on {training[0]}/{training[1]} "
+                        f"already has other hyperparameters at '{earlier[0]}' (one training, "
+                        "one recipe)")
+    return {training: block for training, (_, block) in blocks.items()}
+
+
+def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
+    """The effective hyperparameters of one training, resolved in this one place:
+    the model's paper defaults < the config's `models.<name>` < the study's own block."""
+    from ferbench.models import get
+
+    study_block = study_blocks(config).get((dataset, protocol, model), {})
+    return get(model).hyperparameters({**config["models"].get(model, {}), **study_block})
 
 
 def _check_pretrain(config: dict, study: dict, key: str) -> None:

@@ -109,8 +109,7 @@ def stages(config: dict, config_file: str) -> dict:
             [fill(paths.FACES_ARRAY, dataset=training.dataset), fill(paths.FOLDS, **w)]
             + [fill(t, fold=k, **w) for k in training.folds
                for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)] + extras,
-            ([f"models.{training.model}"] if training.model in config["models"] else [])
-            + ["seed", "device", "train_threads"])
+            _recipe_params(config, training) + ["seed", "device", "train_threads"])
     for study in paths.studies(config):
         m = {"dataset": study.dataset, "protocol": study.protocol, "model": study.model}
         key = f"{study.dataset}_{study.protocol}_{study.model}"
@@ -135,6 +134,16 @@ def stages(config: dict, config_file: str) -> dict:
     out["report"] = _stage("report", config_file, [fill(paths.REPORT), metrics], report_deps,
                            ["report"], metrics=[metrics])
     return out
+
+
+def _recipe_params(config: dict, training: paths.Training) -> list[str]:
+    """The config keys a training's recipe is read from (ferbench.config.recipe)."""
+    from ferbench.config import study_blocks
+
+    keys = [f"models.{training.model}"] if training.model in config["models"] else []
+    if (training.dataset, training.protocol, training.model) in study_blocks(config):
+        keys.append("studies")
+    return keys
 
 
 def _trained(config: dict, wildcards: dict, folds) -> list[str]:

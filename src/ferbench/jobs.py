@@ -202,18 +202,20 @@ def study_tags(study: dict) -> dict:
             tracking.STUDY_TAG: key}
 
 
-def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1,
-               progress: bool = True) -> dict:
+def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameters: dict,
+               threads: int = 1, progress: bool = True) -> dict:
     """Train one fold of one study, logging every epoch to MLflow; resumes after a kill.
 
     `study` holds dataset/protocol/model; `paths` holds faces, folds, augment (inputs),
-    model, history, run (outputs) and checkpoint.
+    model, history, run (outputs) and checkpoint; `hyperparameters` is the training's
+    effective recipe (`ferbench.config.recipe`), which alone decides how the model is built
+    and trained; `config` gives the run's settings (seed, device, tracking).
     """
     seed = config["seed"]
     train_mod.make_deterministic(seed, threads)
     device = train_mod.select_device(config["device"])
     spec = models.get(study["model"])
-    hp = spec.hyperparameters(config["models"].get(study["model"]))
+    hp = dict(hyperparameters)
     folds = read_folds(paths["folds"])
     labels = protocol_labels(folds)
     if paths.get("init"):  # the DAG edge from step 1 or the pretraining stage
@@ -329,7 +331,7 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     metrics.update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
                    n_train=info["n_train"], n_val=info["n_val"], n_test=len(test_split),
                    fold=fold, **{k: study[k] for k in ("dataset", "protocol", "model")},
-                   run_id=info["run_id"])
+                   run_id=info["run_id"], recipe=saved["hyperparameters"])
     write_json(paths["metrics"], metrics)
     out = test_rows[["uid", "subject", "label"]].reset_index(drop=True)
     out["predicted"] = [saved["labels"][i] for i in predicted]
@@ -407,6 +409,8 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
                    "best_epoch": m["best_epoch"]}
                   for m, p in zip(folds, metrics_paths)],
         "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
+        # Every fold of a study trains on one recipe (ferbench.config.recipe).
+        "recipe": folds[0]["recipe"],
     }
     tracker = _tracker(config)
     parent = tracker.start_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",
@@ -428,14 +432,15 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
 # -- 8. report -------------------------------------------------------------------------------
 
 def report(summaries: list, detections: list, benchmark_dir, samples: list, out_html,
-           out_metrics, title: str) -> None:
-    """The HTML report, plus a flat metrics file for `dvc metrics show`."""
+           out_metrics, config: dict) -> None:
+    """The HTML report, which prints the effective `config` it was run with, plus a flat
+    metrics file for `dvc metrics show`."""
     from ferbench import report as report_mod
 
     benchmarks = sorted(Path(benchmark_dir).glob("*/*.tsv"))
     report_mod.build_report([Path(p) for p in summaries], [Path(p) for p in detections],
-                            benchmarks, Path(out_html), title=title,
-                            samples=[Path(p) for p in samples])
+                            benchmarks, Path(out_html), title=config["report"]["title"],
+                            samples=[Path(p) for p in samples], config=config)
     flat = {}
     for path in summaries:
         s = read_json(path)

@@ -155,6 +155,7 @@ def training_inputs(config: dict, dataset: str, protocol: str, model: str,
     """Named files a training job reads beyond the fold's faces and augmented copies: its
     model's channels, the weights it starts from, the face table when gender-bound decoders
     need each face's gender, and the fold's DCGAN faces for models trained on them."""
+    from ferbench.config import recipe
     from ferbench.models import get
 
     spec = get(model)
@@ -163,7 +164,7 @@ def training_inputs(config: dict, dataset: str, protocol: str, model: str,
     if source:
         extras["init"] = fill(MODEL, config, dataset=source.dataset, protocol=source.protocol,
                               model=source.model, fold=fold if source.fold is None else source.fold)
-    if spec.hyperparameters(config["models"].get(model)).get("gender_bound"):
+    if recipe(config, dataset, protocol, model).get("gender_bound"):
         extras["faces_table"] = fill(FACES_TABLE, config, dataset=dataset)
     if spec.trains_on_dcgan:
         for key, template in (("dcgan_array", DCGAN_ARRAY), ("dcgan_table", DCGAN_TABLE)):

@@ -254,7 +254,12 @@ def _best(values: dict, key: str) -> float:
     return max(round(100 * s[key], 2) for s in values.values())
 
 
-def _score_cell(summary: dict, best_acc: float, best_f1: float) -> Html:
+#: The classical anchor every deep model must beat on the same folds.
+BASELINE = "hog_svm"
+
+
+def _score_cell(summary: dict, best_acc: float, best_f1: float,
+                baseline: dict | None = None) -> Html:
     k = len(summary["folds"])
     acc = _mean_std(summary["accuracy_mean"], summary["accuracy_std"])
     f1 = _mean_std(summary["macro_f1_mean"], summary["macro_f1_std"])
@@ -262,7 +267,17 @@ def _score_cell(summary: dict, best_acc: float, best_f1: float) -> Html:
         acc = f"<b>{acc}</b>"
     if round(100 * summary["macro_f1_mean"], 2) == best_f1:
         f1 = f"<b>{f1}</b>"
-    return Html(f"acc {acc} ({k} folds)<br>macro-F1 {f1}")
+    flag = ""
+    if baseline is not None and summary is not baseline and not clears(summary, baseline):
+        flag = (f'<br><span class="badge no">does not clear {BASELINE}</span>')
+    return Html(f"acc {acc} ({k} folds)<br>macro-F1 {f1}{flag}")
+
+
+def clears(summary: dict, baseline: dict) -> bool:
+    """Whether a model's accuracy interval (mean ± std over folds) lies wholly above the
+    baseline's: a deep model that does not is a bug to find, not a result to report."""
+    return (summary["accuracy_mean"] - summary["accuracy_std"]
+            > baseline["accuracy_mean"] + baseline["accuracy_std"])
 
 
 def accuracy_section(studies: list[Study]) -> Html:
@@ -279,10 +294,58 @@ def accuracy_section(studies: list[Study]) -> Html:
             for key, cells in columns.items()}
     header = ["method"] + [_column_header(next(iter(cells.values())))
                            for cells in columns.values()]
-    rows = [[model] + [_score_cell(cells[model], *best[key]) if model in cells else "—"
-                       for key, cells in columns.items()]
+    rows = [[model] + [_score_cell(cells[model], *best[key], cells.get(BASELINE))
+                       if model in cells else "—" for key, cells in columns.items()]
             for model in models]
-    return Html(out + _table(header, rows, "Test accuracy and macro-F1 (%)"))
+    caption = "Test accuracy and macro-F1 (%)"
+    if any(BASELINE in cells for cells in columns.values()):
+        caption += (f"; a model is flagged when its mean − std does not clear {BASELINE}'s "
+                    "mean + std on the same folds")
+    return Html(out + _table(header, rows, caption))
+
+
+def recipe_section(studies: list[Study]) -> Html:
+    """What each model was trained with: the recipe's name, what its weights started from,
+    and every hyperparameter that differs from the paper's."""
+    from ferbench.models import get
+
+    out = "<h2>4. Recipes</h2>\n"
+    rows = []
+    for study in studies:
+        recipe = study.summary.get("recipe")
+        if recipe is None:
+            continue
+        paper = get(study.summary["model"]).defaults
+        changed = ", ".join(f"{k}={v}" for k, v in sorted(recipe.items())
+                            if k in paper and paper[k] != v and k not in ("init_from",))
+        rows.append([study.title, recipe.get("recipe", "paper"), start_of(recipe),
+                     changed or "the paper's"])
+    if not rows:
+        return Html(out + _note("No study recorded its recipe."))
+    return Html(out + _table(["study", "recipe", "start", "changed from the paper defaults"],
+                             rows, "The effective recipe of every study (all its folds)"))
+
+
+def start_of(recipe: dict) -> str:
+    """Where a model's weights started: the recorded start, else what its recipe names."""
+    if recipe.get("start"):
+        return recipe["start"]
+    for key in ("init_from", "pretrained"):
+        if recipe.get(key):
+            return f"weights from {Path(recipe[key]).name}"
+    return "random initialisation"
+
+
+def config_section(config: dict | None) -> Html:
+    """The effective study config (the file plus the schema's defaults), as Snakemake ran it."""
+    if config is None:
+        return Html("")
+    import yaml
+
+    text = yaml.safe_dump(config, sort_keys=False, width=100)
+    return Html("<h2>7. Configuration</h2>\n<details><summary>The effective study config: "
+                "the study file with the schema's defaults filled in</summary>\n"
+                f"<pre>{_text(text)}</pre>\n</details>\n")
 
 
 #: The papers' ablations: which registered models differ by one component, and how.
@@ -457,7 +520,7 @@ def _iou_cells(iou: dict | None) -> list:
 def detection_section(detections: list[Path], samples: list[Path]) -> Html:
     """What the face detector did to each dataset, and a look at the faces it produced
     (face sheets, and landmark sheets with the 68 points drawn on the face crops)."""
-    out = "<h2>4. Face detection</h2>\n"
+    out = "<h2>5. Face detection</h2>\n"
     stats = [d for d in (_read_json(p) for p in detections) if d is not None]
     if stats:
         rows = [[d["dataset"], d["detector"], d["images"], d["detected"], d["missed"],
@@ -478,7 +541,7 @@ def detection_section(detections: list[Path], samples: list[Path]) -> Html:
 
 def runtime_section(benchmarks: list[Path]) -> Html:
     """Cost of each pipeline stage, from Snakemake's benchmark files."""
-    out = "<h2>5. Runtime</h2>\n"
+    out = "<h2>6. Runtime</h2>\n"
     runtime = load_benchmarks(benchmarks)
     if runtime.empty:
         return Html(out + _note("No benchmark files were given."))
@@ -494,16 +557,17 @@ def runtime_section(benchmarks: list[Path]) -> Html:
 
 def build_report(summaries: list[Path], detections: list[Path], benchmarks: list[Path],
                  out_html: Path, *, title: str = "ferbench report",
-                 samples: list[Path] = ()) -> Path:
+                 samples: list[Path] = (), config: dict | None = None) -> Path:
     """Write the report and return its path; same inputs always give the same bytes."""
     studies = [load_study(Path(p)) for p in summaries]
     with matplotlib.rc_context(RC):
         entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
                 + ablation_section(studies, entries) + published_section(studies, entries)
-                + studies_section(studies)
+                + studies_section(studies) + recipe_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
-                + runtime_section(sorted(Path(p) for p in benchmarks)))
+                + runtime_section(sorted(Path(p) for p in benchmarks))
+                + config_section(config))
     document = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                 f"<title>{_text(title)}</title>\n<style>{CSS}</style>\n</head>\n"
                 f"<body>\n{body}</body>\n</html>\n")

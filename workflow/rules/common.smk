@@ -1,7 +1,13 @@
 # Shared by every rule: the validated config and the path templates of ferbench.paths.
 from ferbench import config as ferbench_config
 from ferbench import paths, splits
+from snakemake.exceptions import WorkflowError
 
+if not config:
+    raise WorkflowError(
+        "no study config: run with --configfile config/demo.yaml (the demo) or "
+        "--configfile my-study.yaml (config/README.md)"
+    )
 config.update(ferbench_config.validate(config))
 RESULTS = config["results"]
 
@@ -71,3 +77,10 @@ def fold_numbers(protocol):
 
 def report_outputs():
     return [path(paths.REPORT), path(paths.STUDY_METRICS)]
+
+
+def recipe(wildcards):
+    """A training job's effective hyperparameters (ferbench.config.recipe)."""
+    return ferbench_config.recipe(
+        config, wildcards.dataset, wildcards.protocol, wildcards.model
+    )

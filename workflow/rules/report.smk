@@ -28,6 +28,7 @@ rule report:
         runtime=10,
     params:
         benchmarks=path(paths.BENCHMARK_DIR),
-        title=config["report"]["title"],
+        # The report prints the effective config, so any change to it is a change here.
+        study_config=config,
     script:
         "../scripts/report.py"

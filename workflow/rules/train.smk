@@ -26,6 +26,6 @@ rule train:
         gpu=config["train_gpus"],
     params:
         checkpoint=path(paths.CHECKPOINT),
-        hyperparameters=lambda wildcards: config["models"].get(wildcards.model, {}),
+        recipe=recipe,
     script:
         "../scripts/train.py"

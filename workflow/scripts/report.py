@@ -9,5 +9,5 @@ with logged(snakemake):
         snakemake.input.samples,
         snakemake.output.html,
         snakemake.output.metrics,
-        snakemake.params.title,
+        snakemake.params.study_config,
     )

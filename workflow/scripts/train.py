@@ -9,6 +9,7 @@ with logged(snakemake):
         int(snakemake.wildcards.fold),
         paths,
         snakemake.config,
+        snakemake.params.recipe,
         threads=snakemake.threads,
     )
     print(info)
