@@ -27,7 +27,10 @@ TINY_MODELS = {
     "vgg_serd": {"input_size": 64, "width": 1 / 16},
     "damcnn": {"input_size": 64, "width": 1 / 16, "decoders": 2, "gender_bound": True},
     "mobilenet_cl": {"width": 0.25},
+    "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0]},
 }
+#: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
+STAGE_LR = (0.01, 0.045)
 FOLDS = 2
 DCGAN = 3  # DCGAN faces per class and fold, for decapsnet
 
@@ -41,7 +44,9 @@ def zoo_config() -> dict:
     config["protocols"]["subject_5fold"].update(folds=FOLDS, val_fraction=0.25)
     config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
                           "models": list(TINY_MODELS),
-                          "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold"}}]
+                          "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]}},
+                          "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold",
+                                       "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[0]}}}}]
     config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}
                         for name, sizes in TINY_MODELS.items()}
     config["dcgan"] = {"epochs": 1, "batch_size": 16, "width": 8, "samples_per_class": DCGAN}
@@ -128,3 +133,29 @@ def test_stage_two_starts_from_the_pretraining_stage(zoo_study):
     assert len(stage2) == FOLDS
     for run in stage2:
         assert run.data.params["init_from"] == str(stage1)
+    # Each stage trains on its own recipe, and MLflow and the report say which.
+    stage1_run, = [run for run in children if run.data.params["dataset"] == "pretrain"]
+    assert [float(run.data.params["lr"]) for run in (stage1_run, *stage2)] == \
+        [STAGE_LR[0]] + [STAGE_LR[1]] * FOLDS
+    report = (results / "report.html").read_text()
+    assert f"lr={STAGE_LR[1]}" in report.split("<h2>4. Recipes</h2>")[1]
+
+
+def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_study):
+    results, _ = zoo_study
+    _, children = mlflow_runs(results)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    baseline = [run for run in children if run.data.params["model"] == "hog_svm"]
+    assert len(baseline) == FOLDS and all(r.info.status == "FINISHED" for r in baseline)
+    for run in baseline:  # one logged "epoch" per C tried on the validation split
+        assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
+    summaries = {model: json.loads((results / "synthetic/subject_5fold" / model /
+                                    "summary.json").read_text()) for model in TINY_MODELS}
+    from ferbench.report import clears
+
+    flagged = [m for m in TINY_MODELS if m != "hog_svm"
+               and not clears(summaries[m], summaries["hog_svm"])]
+    report = (results / "report.html").read_text().split("<h2>2.")[0]
+    assert report.count("does not clear hog_svm") == len(flagged)

@@ -261,9 +261,13 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
         metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
         tracker.log_metrics(state_extra["run_id"], metrics, step=row["epoch"])
 
-    history, best_state, best_epoch, extra = train_mod.fit(
-        model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress, extra,
-        fingerprint, autocast)
+    if spec.closed_form:
+        history, best_state, best_epoch = train_mod.fit_closed_form(
+            model, train_split, val_split, seed, log_epoch, extra)
+    else:
+        history, best_state, best_epoch, extra = train_mod.fit(
+            model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress,
+            extra, fingerprint, autocast)
     save_model(paths["model"], study["model"], labels, hp, best_state,
                config["datasets"][study["dataset"]]["faces"], best_epoch)
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")

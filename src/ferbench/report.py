@@ -224,6 +224,25 @@ def curves_figure(histories: list[pd.DataFrame]) -> bytes:
     return figure_png(fig)
 
 
+def selection_figure(histories: list[pd.DataFrame]) -> bytes:
+    """Train and validation accuracy against the SVM's C, one line per fold."""
+    fig = Figure(figsize=(4.0, 2.8), layout="constrained")
+    ax = fig.subplots()
+    for history in histories:
+        for split, color in (("train", "C0"), ("val", "C1")):
+            ax.plot(history["C"], 100 * history[f"{split}_acc"], color=color, lw=0.8,
+                    alpha=0.6)
+        chosen = history[history["chosen"].astype(bool)]
+        ax.plot(chosen["C"], 100 * chosen["val_acc"], "o", color="C1", ms=4)
+    ax.plot([], [], color="C0", label="train")
+    ax.plot([], [], color="C1", label="val (dot: chosen)")
+    ax.set_xscale("log")
+    ax.set_xlabel("C")
+    ax.set_title("accuracy (%)")
+    ax.legend(frameon=False)
+    return figure_png(fig)
+
+
 def runtime_figure(runtime: pd.DataFrame) -> bytes:
     """Where the wall-clock time of the study went, largest stage on top."""
     ordered = runtime.sort_values("total_s")
@@ -427,6 +446,10 @@ def _curves_part(study: Study) -> Html:
     histories = [h for h in study.histories if h is not None and not h.empty]
     if not histories:
         return _note("No training histories found.")
+    if "C" in histories[0]:  # a closed-form fit: one row per candidate C, not per epoch
+        return _img(selection_figure(histories), f"model selection, {study.title}",
+                    "Accuracy per SVM C: thin lines per fold, dots the C each fold chose "
+                    "on its validation split.")
     return _img(curves_figure(histories), f"training curves, {study.title}",
                 "Training curves: thin lines per fold, thick lines the mean.")
 

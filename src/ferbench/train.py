@@ -258,6 +258,21 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
     return history, state["best_state"], state["best_epoch"], state["extra"]
 
 
+def fit_closed_form(model: torch.nn.Module, train: Split, val: Split, seed: int,
+                    on_epoch=None, extra: dict | None = None):
+    """`fit` for a model fitted in one step (the HOG + SVM baseline): each candidate it
+    tries on the validation split is one row of its history, logged like an epoch.
+    Returns (history, state_dict, the chosen row's epoch); nothing to resume."""
+    cpu = torch.device("cpu")
+    history = model.fit_closed_form(as_input(train.images, cpu), train.targets.numpy(),
+                                    as_input(val.images, cpu), val.targets.numpy(), seed)
+    for row in history.drop(columns="chosen").to_dict("records"):
+        if on_epoch:
+            on_epoch(row, extra or {})
+    best_epoch = int(history.loc[history["chosen"], "epoch"].iloc[0])
+    return history, {k: v.detach().clone() for k, v in model.state_dict().items()}, best_epoch
+
+
 def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: int,
                  autocast: torch.dtype | None = None):
     """One pass in an order and with dropout masks fixed by (seed, epoch).

@@ -7,11 +7,12 @@ paper's loss. Later models join by adding a module and one line here.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 from torch import nn
 
-from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, mobilenet
+from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, hog_svm, mobilenet
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,17 @@ class ModelSpec:
                            f"(it has: {', '.join(sorted(self.defaults))})")
         return {**self.defaults, **(overrides or {})}
 
+    @property
+    def closed_form(self) -> bool:
+        """Fitted in one step by the model's `fit_closed_form` (the HOG + SVM baseline)."""
+        return getattr(self.cls, "closed_form", False)
+
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
-        return self.cls(num_classes, **hyperparameters, **self.fixed)
+        """The model, given the recipe's keys its constructor declares (the others, such
+        as lr or epochs, are the training loop's)."""
+        declared = inspect.signature(self.cls).parameters
+        own = {k: v for k, v in hyperparameters.items() if k in declared}
+        return self.cls(num_classes, **own, **self.fixed)
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -83,6 +93,8 @@ REGISTRY: dict[str, ModelSpec] = {
                          "e2-capsnet-au-attention.txt (Table 1 ablation)"),
     "rccnet": ModelSpec("rccnet", capsnet.RCCNet, capsnet.CAPSULE_DEFAULTS,
                         "e2-capsnet-au-attention.txt (Table 1 ablation)"),
+    "hog_svm": ModelSpec("hog_svm", hog_svm.HOGSVM, hog_svm.DEFAULTS,
+                         "Dalal & Triggs 2005 HOG + linear SVM (the classical baseline)"),
 }
 
 
