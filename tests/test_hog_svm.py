@@ -74,6 +74,6 @@ def test_attention_and_representations_have_their_shapes(fitted):
     model = fitted[2]
     x = train_mod.as_input(val.images[:5], torch.device("cpu"))
     maps = model.attention_maps(x)
-    assert maps["svm_weight"].shape == (5, 4, 4)  # 32 px / 8 px cells
+    assert maps["svm_weight"].shape == (5, 5, 5)  # 32 px in 6 px cells
     assert (maps["svm_weight"] > 0).all()  # every cell is covered by some block
     assert model.representations(x)["hog"].shape == (5, model.linear.in_features)
