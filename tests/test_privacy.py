@@ -59,17 +59,8 @@ def deal_files(folder: Path, shape: protocol.Shape, count: int,
 
 def start_server(classifier, server_file: Path, folder: Path):
     """`ferbench serve-private` in its own process: (process, URL)."""
-    classifier_path = folder / "classifier.npz"
-    classifier.save(classifier_path)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ferbench.cli", "serve-private", "--classifier",
-         str(classifier_path), "--randomness", str(server_file), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = process.stdout.readline().strip()
-    if not url.startswith("http://127.0.0.1:"):
-        process.kill()
-        raise AssertionError(process.stderr.read())
-    return process, url
+    classifier.save(folder / "classifier.npz")
+    return server_mod.spawn(folder / "classifier.npz", server_file)
 
 
 @pytest.fixture

@@ -72,18 +72,18 @@ def legacy_client_transcript(model: protocol.FixedPointClassifier, pixels: np.nd
     return dict(zip(protocol.pairs(classes), signed)), permutation
 
 
-def current_client_transcript(model: protocol.FixedPointClassifier, pixels: np.ndarray):
-    """One query of the current protocol, in process: (the opened values m_ij read signed,
-    by position pair, the comparison bits, pi) as the client sees them."""
-    client_tuples, server_tuples = protocol.deal(model.shape, 1)
-    client, server = client_tuples[0], server_tuples[0]
-    query = protocol.ServerQuery.start(model, server)
-    opened, server_bits = query.answer_compare(
-        protocol.mask_face(pixels, client), protocol.masked_differences(query.matrix, pixels,
-                                                                        client))
-    losing = protocol.losing_bits(opened, server_bits, client)
-    values = dict(zip(protocol.pairs(model.shape.classes), map(int, fp.signed(opened))))
-    return values, losing, query.permutation
+def current_client_transcripts(model: protocol.FixedPointClassifier, pixels: np.ndarray,
+                               queries: int):
+    """`queries` queries of the current protocol, in process, each as the client sees it:
+    (the opened values m_ij read signed, by position pair, the comparison bits, pi)."""
+    for client, server in zip(*protocol.deal(model.shape, queries)):
+        query = protocol.ServerQuery.start(model, server)
+        opened, server_bits = query.answer_compare(
+            protocol.mask_face(pixels, client),
+            protocol.masked_differences(query.matrix, pixels, client))
+        losing = protocol.losing_bits(opened, server_bits, client)
+        values = dict(zip(protocol.pairs(model.shape.classes), map(int, fp.signed(opened))))
+        yield values, losing, query.permutation
 
 
 # -- attack 1: every score gap from one transcript ---------------------------------------------
@@ -259,11 +259,12 @@ def test_same_class_faces_are_told_apart_by_the_old_blinded_differences(small, f
 # -- and fail against the current protocol ---------------------------------------------------
 
 def test_gap_recovery_finds_nothing_in_the_current_transcript(small):
+    """12 queries: the opened values are uniform 64-bit integers, all small enough to factor,
+    yet no set of gaps of at least MIN_GAP divides them consistently."""
     model, pixels = small
     for face in pixels[:12]:
-        values, _, permutation = current_client_transcript(model, face)
-        found = recover_gaps(values)
-        assert found != true_gaps(model.ranking_scores(face[None])[0], permutation)
+        values, _, _ = next(current_client_transcripts(model, face, 1))
+        assert recover_gaps(values) is None
 
 
 def test_same_class_faces_are_indistinguishable_in_the_current_transcript(small, face_pair):
@@ -277,8 +278,7 @@ def test_same_class_faces_are_indistinguishable_in_the_current_transcript(small,
     hits, opened, tops = [], [], []
     for face in faces:
         count, values_seen, top_seen = 0, [], []
-        for _ in range(queries):
-            values, losing, _ = current_client_transcript(model, face)
+        for values, losing, _ in current_client_transcripts(model, face, queries):
             ranking = ranking_from_losing_bits(losing, model.shape.classes)
             count += guesses_first_face(values[top_pair(ranking)], *gaps)
             values_seen.extend(values.values())

@@ -13,6 +13,8 @@ that stalls mid-request is dropped after REQUEST_TIMEOUT seconds.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -164,3 +166,17 @@ def serve(classifier_path, randomness_path, port: int,
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def spawn(classifier_path, randomness_path) -> tuple[subprocess.Popen, str]:
+    """`ferbench serve-private` in a child process on a free port: (process, URL). The
+    caller stops it by its PID (`process.terminate()`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ferbench.cli", "serve-private", "--classifier",
+         str(classifier_path), "--randomness", str(randomness_path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        process.kill()
+        raise RuntimeError(f"serve-private did not start: {process.stderr.read()[-2000:]}")
+    return process, url
