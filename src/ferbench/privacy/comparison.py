@@ -3,12 +3,13 @@ output as XOR shares, so that only the party that gets both shares learns the bi
 
 A distributed comparison function (DCF; Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee,
 "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021,
-their DCF construction, here with output group Z_2) splits f(x) = [x < alpha] into two keys: each key alone
-is pseudo-random (it hides alpha), and the two evaluations at any public x XOR to f(x).
+their DCF construction, here with output group Z_2) splits f(x) = [x < alpha] into two keys:
+each key alone is pseudo-random (it hides alpha), and the two evaluations at any public x
+XOR to f(x).
 
-The sign gate (their comparison gate, in offline/online form): the dealer draws a
-mask r in Z_2^64, gives each party an additive share of r, an XOR share of r's top bit and one
-DCF key for alpha = r mod 2^63. Online the parties open m = d + r (uniform: r is unseen) and
+The sign gate (their comparison gate, in offline/online form): the dealer draws a mask r in
+Z_2^64, gives each party an additive share of r, an XOR share of r's top bit and one DCF key
+for alpha = r mod 2^63. Online the parties open m = d + r (uniform: r is unseen) and
 
     [d < 0] = MSB(d) = MSB(m) xor MSB(r) xor [m mod 2^63 < r mod 2^63]       (borrow rule)
 
