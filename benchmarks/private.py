@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ferbench.privacy import classifier as classifier_mod
-from ferbench.privacy import paillier, protocol, server
+from ferbench.privacy import comparison, paillier, protocol, server
 from ferbench.privacy.client import PrivateClient, classify_concurrently
 from ferbench.privacy.faces import LABELS, synthetic_faces
 
@@ -146,7 +146,8 @@ def main() -> None:
              *baseline["bytes"], ROUNDS["paillier"],
              f"{np.mean(np.array(baseline['predictions']) == truth[:m]):.3f}", m)]
     print(f"{model.pixels} pixels ({args.size}x{args.size}) x {len(LABELS)} classes, "
-          f"{fixed.shape.pairs} secure comparisons per query (DCF over 63 bits), ring 2^64, "
+          f"{fixed.shape.pairs} secure comparisons per query (DCF over "
+          f"{comparison.DOMAIN_BITS} bits), ring 2^64, "
           f"scale 2^{fixed.frac_bits}, ranking scores within {fixed.ranking_bits} bits; "
           f"Paillier key generation {baseline['keygen'] * 1000:.0f} ms not counted")
     print(f"{'method':36} {'ms/query':>10} {'bytes up':>10} {'bytes down':>11} {'rounds':>7} "

@@ -23,7 +23,7 @@ from scipy import stats
 
 from ferbench.privacy import classifier as classifier_mod
 from ferbench.privacy import fixed_point as fp
-from ferbench.privacy import paillier, protocol, server as server_mod
+from ferbench.privacy import comparison, paillier, protocol, server as server_mod
 from ferbench.privacy.client import PrivateClient, PrivateQueryError, classify_concurrently
 from ferbench.privacy.faces import LABELS, synthetic_faces
 from tests.workflow_helpers import run_snakemake, write_config
@@ -117,7 +117,7 @@ def test_integer_scores_match_the_float_scores_within_the_rounding_bound(trained
 
 def test_ranking_scores_are_distinct_and_rank_like_the_scores(trained, model):
     """The tie-break C * score + (C - 1 - k) keeps the argmax (ties to the lower class, as
-    numpy's), makes every pair differ, and fits the comparison's signed 63-bit range."""
+    numpy's), makes every pair differ, and fits the comparison's signed 48-bit range."""
     pixels = trained[1]
     ranking = model.ranking_scores(pixels)
     assert np.array_equal(np.argmax(ranking.astype(float), axis=1),
@@ -126,13 +126,13 @@ def test_ranking_scores_are_distinct_and_rank_like_the_scores(trained, model):
     tied = protocol.FixedPointClassifier(np.zeros((3, 2), dtype=object),
                                          np.array([5, 5, 1], dtype=object), 0)
     assert list(tied.ranking_scores(np.zeros((1, 2), np.uint8))[0]) == [17, 16, 3]
-    assert model.ranking_bits <= fp.RING_BITS - 2
+    assert model.ranking_bits <= comparison.COMPARE_BITS - 2
     widest = max(abs(a - b) for row in ranking for a in row for b in row)
     assert widest.bit_length() <= model.ranking_bits
 
 
 def test_a_classifier_too_wide_for_the_comparison_is_refused(model):
-    wide = protocol.FixedPointClassifier(model.weights * (1 << 30), model.offsets, 0)
+    wide = protocol.FixedPointClassifier(model.weights * (1 << 10), model.offsets, 0)
     with pytest.raises(ValueError, match="score differences need .* bits"):
         wide.ranking_bits
 

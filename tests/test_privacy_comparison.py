@@ -1,5 +1,5 @@
 """The dealer-assisted secure comparison (comparison.py): the DCF keys XOR to [x < alpha] at
-every input, the sign gate reads the sign of any shared value in the signed 64-bit range,
+every input, the sign gate reads the sign of any shared value in its signed 48-bit range,
 and one party's key material does not depend on the secret it encodes."""
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def test_dcf_keys_xor_to_the_comparison_at_every_kind_of_input():
 
 
 def test_sign_gate_reads_the_sign_of_any_shared_value_in_the_signed_range():
+    half = 1 << (comparison.COMPARE_BITS - 1)
     rng = np.random.default_rng(1)
-    values = [0, 1, -1, 2, -2, (1 << 63) - 1, -(1 << 63), (1 << 62), -(1 << 62) - 1,
-              *rng.integers(-(1 << 63), (1 << 63) - 1, 50, dtype=np.int64)]
+    values = [0, 1, -1, 2, -2, half - 1, -half, half // 2, -half // 2 - 1,
+              *rng.integers(-half, half, 50, dtype=np.int64)]
     shared = fp.to_ring(values)
     server_keys, client_keys = comparison.deal_signs(len(values))
     opened = shared + server_keys.mask + client_keys.mask  # each party adds its mask share
@@ -42,9 +43,9 @@ def test_sign_gate_reads_the_sign_of_any_shared_value_in_the_signed_range():
 
 
 def test_one_partys_keys_do_not_depend_on_the_secret_threshold():
-    """3000 client keys for alpha = 0 and 3000 for alpha = 2^63 - 1 (the extremes): every
-    correction bit column (63 levels x 3, and the final one) and the seed corrections'
-    bytes have the same distribution: two-proportion |z| < 5 per column (190 columns, family
+    """3000 client keys for alpha = 0 and 3000 for alpha = 2^47 - 1 (the extremes): every
+    correction bit column (47 levels x 3, and the final one) and the seed corrections'
+    bytes have the same distribution: two-proportion |z| < 5 per column (142 columns, family
     false alarm about 1e-4) and a KS test on the bytes. The control, both keys evaluated
     together at x = 0, tells the two thresholds apart completely."""
     count = 3000

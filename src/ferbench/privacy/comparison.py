@@ -1,5 +1,6 @@
-"""Dealer-assisted secure comparison: the sign of a value additively shared over Z_2^64,
-output as XOR shares, so that only the party that gets both shares learns the bit.
+"""Dealer-assisted secure comparison: the sign of a value additively shared over Z_2^64 and
+known to lie in [-2^47, 2^47), output as XOR shares, so that only the party that gets both
+shares learns the bit.
 
 A distributed comparison function (DCF; Boyle, Chandran, Gilboa, Gupta, Ishai, Kumar, Rathee,
 "Function Secret Sharing for Mixed-Mode and Fixed-Point Secure Computation", Eurocrypt 2021,
@@ -7,14 +8,18 @@ their DCF construction, here with output group Z_2) splits f(x) = [x < alpha] in
 each key alone is pseudo-random (it hides alpha), and the two evaluations at any public x
 XOR to f(x).
 
-The sign gate (their comparison gate, in offline/online form): the dealer draws a mask r in
-Z_2^64, gives each party an additive share of r, an XOR share of r's top bit and one DCF key
-for alpha = r mod 2^63. Online the parties open m = d + r (uniform: r is unseen) and
+The sign gate (their comparison gate, in offline/online form) reads the low COMPARE_BITS = 48
+bits: reduction modulo 2^48 maps the additive shares over Z_2^64 to shares over Z_2^48, and a
+d in [-2^47, 2^47) is negative exactly when bit 47 of d mod 2^48 ("MSB") is set. The dealer
+draws a mask r in Z_2^64, gives each party an additive share of r, an XOR share of MSB(r)
+and one DCF key for alpha = r mod 2^47. Online the parties open m = d + r (uniform: r is
+unseen) and, with every value taken modulo 2^48,
 
-    [d < 0] = MSB(d) = MSB(m) xor MSB(r) xor [m mod 2^63 < r mod 2^63]       (borrow rule)
+    [d < 0] = MSB(d) = MSB(m) xor MSB(r) xor [m mod 2^47 < r mod 2^47]       (borrow rule)
 
 so each party's share is its DCF evaluation xor its share of MSB(r), and one party also xors
-the public MSB(m). d must lie in [-2^63, 2^63), i.e. be read as a signed ring element.
+the public MSB(m). Comparing 48 bits instead of 64 costs 47 PRG levels instead of 63; the
+server refuses a classifier whose score differences could leave the range.
 
 Everything is vectorised over a batch of independent gates (one per pair of classes). The
 PRG is BLAKE2b (keyed by a domain string) stretching a 128-bit seed into two seeds and four
@@ -32,8 +37,10 @@ import numpy as np
 from ferbench.privacy import fixed_point as fp
 
 SEED_BYTES = 16
-#: Input bits of the DCF: the low 63 bits of the opened value.
-DOMAIN_BITS = fp.RING_BITS - 1
+#: Low bits of the ring the comparison reads: differences must lie in [-2^47, 2^47).
+COMPARE_BITS = 48
+#: Input bits of the DCF: the opened value modulo 2^(COMPARE_BITS - 1).
+DOMAIN_BITS = COMPARE_BITS - 1
 _LOW_MASK = np.uint64((1 << DOMAIN_BITS) - 1)
 #: The PRG's hash, keyed by a domain string; copies of it are cheaper than new ones.
 _PRG = hashlib.blake2b(digest_size=2 * SEED_BYTES + 1, person=b"ferbench-dcf-prg")
@@ -91,7 +98,7 @@ def _bits(values: np.ndarray) -> np.ndarray:
 
 
 def generate_dcf(alphas: np.ndarray) -> tuple[DcfKeys, DcfKeys]:
-    """Keys (server's, client's) of f_alpha(x) = [x < alpha] for each alpha < 2^63."""
+    """Keys (server's, client's) of f_alpha(x) = [x < alpha] for each alpha < 2^47."""
     count = len(alphas)
     roots = [_random_seeds(count), _random_seeds(count)]
     seeds = [roots[0], roots[1]]
@@ -149,7 +156,7 @@ def deal_signs(count: int) -> tuple[SignKeys, SignKeys]:
     """(server's, client's) shares of `count` sign gates, each with a fresh mask r."""
     mask = fp.random_ring(count)
     client_mask = fp.random_ring(count)
-    top = (mask >> np.uint64(DOMAIN_BITS)).astype(np.uint8)
+    top = _top_bit(mask)
     client_top = np.frombuffer(os.urandom(count), np.uint8) & 1
     server_dcf, client_dcf = generate_dcf(mask & _LOW_MASK)
     return (SignKeys(mask - client_mask, top ^ client_top, server_dcf),
@@ -157,8 +164,14 @@ def deal_signs(count: int) -> tuple[SignKeys, SignKeys]:
 
 
 def sign_share(party: int, keys: SignKeys, opened: np.ndarray) -> np.ndarray:
-    """This party's XOR share of [opened - r < 0], r the gate's mask (signed reading)."""
+    """This party's XOR share of [opened - r < 0], r the gate's mask, for opened - r in
+    [-2^47, 2^47) (read modulo 2^48 as a signed value)."""
     share = evaluate_dcf(party, keys.dcf, opened & _LOW_MASK) ^ keys.top_bit
     if party == SERVER:
-        share = share ^ (opened >> np.uint64(DOMAIN_BITS)).astype(np.uint8)
+        share = share ^ _top_bit(opened)
     return share
+
+
+def _top_bit(values: np.ndarray) -> np.ndarray:
+    """Bit COMPARE_BITS - 1: the sign bit of values read modulo 2^COMPARE_BITS."""
+    return ((values >> np.uint64(DOMAIN_BITS)) & np.uint64(1)).astype(np.uint8)

@@ -239,16 +239,17 @@ class FixedPointClassifier:
 
     @cached_property
     def ranking_bits(self) -> int:
-        """Bits of the widest possible ranking-score difference; the sign gate needs every
-        difference in [-2^63, 2^63), so the server refuses to start above 62."""
+        """Bits of the widest possible ranking-score difference; the sign gate reads every
+        difference in [-2^47, 2^47), so the server refuses to start above 46 (one bit spare)."""
         classes = self.shape.classes
         widest = max(int(np.abs(self.weights[i] - self.weights[j]).sum() * PIXEL_MAX
                          + abs(self.offsets[i] - self.offsets[j])) * classes + classes
                      for i, j in pairs(classes))
         bits = widest.bit_length()
-        if bits > fp.RING_BITS - 2:
-            raise ValueError(f"score differences need {bits} bits; the comparison in the "
-                             f"{fp.RING_BITS}-bit ring reads at most {fp.RING_BITS - 2}")
+        most = comparison.COMPARE_BITS - 2
+        if bits > most:
+            raise ValueError(f"score differences need {bits} bits; the secure comparison "
+                             f"reads {comparison.COMPARE_BITS}-bit values, so at most {most}")
         return bits
 
 
