@@ -160,6 +160,8 @@ def deal_files(shape: Shape, count: int, client_paths: list, server_path) -> Non
     """Deal `count` tuples: the server's all in `server_path`, the client's split evenly over
     `client_paths` (one file per concurrent client, so that no two clients spend one tuple)."""
     paths = [Path(p).resolve() for p in client_paths]
+    if not paths:
+        raise ValueError("at least one client randomness file is needed")
     if Path(server_path).resolve() in paths or len(set(paths)) != len(paths):
         raise ValueError("every party's randomness needs its own file")
     if count < len(client_paths):
