@@ -110,19 +110,21 @@ def _live(args) -> int:
 def _deal_private(args) -> int:
     from ferbench.privacy import protocol
 
-    shape = protocol.Shape(args.pixels, args.classes)
-    client_tuples, server_tuples = protocol.deal(shape, args.queries)
-    protocol.save_tuples(args.client_out, shape, client_tuples)
-    protocol.save_tuples(args.server_out, shape, server_tuples)
+    protocol.deal_files(protocol.Shape(args.pixels, args.classes), args.queries,
+                        [args.client_out], args.server_out)
     print(f"dealt {args.queries} one-time tuples: {args.client_out} (client), "
           f"{args.server_out} (server)")
+    print(f"warning: hand {args.client_out} to the client only and {args.server_out} to the "
+          "server only, then delete both here; a party that also holds the other's file can "
+          "remove every mask (the server then reads the face, the client the model's weights)",
+          file=sys.stderr)
     return 0
 
 
 def _serve_private(args) -> int:
     from ferbench.privacy import server
 
-    server.serve(args.classifier, args.randomness, args.port)
+    server.serve(args.classifier, args.randomness, args.port, args.timeout)
     return 0
 
 
@@ -149,6 +151,16 @@ def _adapter_layouts() -> str:
                              break_long_words=False)
                for name, reader in sorted(ADAPTERS.items()))
     return "adapters and the native layouts they read:\n" + "\n".join(entries)
+
+
+def _at_least(smallest: int):
+    """An argparse type: an integer no smaller than `smallest`, else a one-line error."""
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < smallest:
+            raise argparse.ArgumentTypeError(f"must be at least {smallest}, got {value}")
+        return value
+    return integer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,10 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("deal-private", help="the dealer of private inference: one-time "
                                             "correlated randomness for client and server")
-    p.add_argument("--pixels", type=int, required=True,
+    p.add_argument("--pixels", type=_at_least(1), required=True,
                    help="pixels per face of the classifier (its size squared)")
-    p.add_argument("--classes", type=int, required=True, help="classes of the classifier")
-    p.add_argument("--queries", type=int, required=True, help="how many queries to prepare")
+    p.add_argument("--classes", type=_at_least(2), required=True,
+                   help="classes of the classifier")
+    p.add_argument("--queries", type=_at_least(1), required=True,
+                   help="how many queries to prepare")
     p.add_argument("--client-out", required=True, help="the client's randomness (.npz)")
     p.add_argument("--server-out", required=True, help="the server's randomness (.npz)")
     p.set_defaults(func=_deal_private)
@@ -220,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classifier", required=True, help="classifier.npz of rule private_classifier")
     p.add_argument("--randomness", required=True, help="the server's file from deal-private")
     p.add_argument("--port", type=int, default=0, help="port (default 0: any free one)")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds a connection may stall before it is closed (default 30)")
     p.set_defaults(func=_serve_private)
 
     p = sub.add_parser("query-private", help="the class of face-crop images from serve-private,"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +32,7 @@ class Traffic:
 
 @dataclass
 class Prepared:
-    """A query's offline part: its tuple and the server's masked matrix V - A."""
+    """A query's offline part: its tuple and the server's masked rows W_pi - A."""
 
     randomness: protocol.ClientTuple
     matrix: np.ndarray
@@ -58,30 +60,35 @@ class PrivateClient:
         self.unused = [t for tuple_id, t in tuples.items() if tuple_id not in self.used.ids]
 
     def prepare(self) -> Prepared:
-        """The offline step of the next query: spend a tuple, fetch V - A."""
+        """The offline step of the next query: spend a tuple, fetch W_pi - A."""
         if not self.unused:
             raise PrivateQueryError(f"every randomness tuple in {self.randomness_path} is used;"
                                     " deal new ones with `ferbench deal-private`")
         randomness = self.unused.pop(0)
         self.used.spend(randomness.tuple_id)
         reply = self._call("POST", "/offline", {"tuple": randomness.tuple_id}, self.offline)
-        return Prepared(randomness, self._ring(reply, "matrix", self.shape.rows * self.shape.pixels)
-                        .reshape(self.shape.rows, self.shape.pixels))
+        matrix = self._parse(protocol.unpack, reply, "matrix",
+                             self.shape.classes * self.shape.pixels)
+        return Prepared(randomness, matrix.reshape(self.shape.classes, self.shape.pixels))
 
     def classify(self, pixels: np.ndarray, prepared: Prepared | None = None) -> int:
-        """The class index of one face (uint8 pixels as the classifier reads them)."""
+        """The class index of one face (uint8 pixels as the classifier reads them): two
+        round trips, the secure comparison and the oblivious transfer of the class."""
         pixels = np.asarray(pixels).ravel()
         if pixels.shape != (self.shape.pixels,) or pixels.dtype != np.uint8:
             raise ValueError(f"a face is {self.shape.pixels} uint8 pixels, got {pixels.dtype} "
                              f"{pixels.shape}")
         prepared = prepared or self.prepare()
         randomness = prepared.randomness
-        reply = self._call("POST", "/scores", {"tuple": randomness.tuple_id,
-                                               "face": protocol.pack(protocol.mask_face(
-                                                   pixels, randomness))}, self.online)
-        differences = protocol.blinded_differences(
-            prepared.matrix, pixels, self._ring(reply, "scores", self.shape.rows), randomness)
-        position = protocol.winning_position(differences, self.shape.classes)
+        differences = protocol.masked_differences(prepared.matrix, pixels, randomness)
+        reply = self._call("POST", "/compare", {
+            "tuple": randomness.tuple_id,
+            "face": protocol.pack(protocol.mask_face(pixels, randomness)),
+            "differences": protocol.pack(differences)}, self.online)
+        opened = self._parse(protocol.unpack, reply, "opened", self.shape.pairs)
+        server_bits = self._parse(protocol.unpack_bits, reply, "bits", self.shape.pairs)
+        losing = protocol.losing_bits(opened, server_bits, randomness)
+        position = protocol.winning_position(losing, self.shape.classes)
         shift = (position - randomness.ot_choice) % self.shape.classes
         reply = self._call("POST", "/label", {"tuple": randomness.tuple_id, "shift": shift},
                            self.online)
@@ -102,9 +109,10 @@ class PrivateClient:
                                                                       self.info["size"])[0])])
         return names
 
-    def _ring(self, reply: dict, key: str, count: int) -> np.ndarray:
+    def _parse(self, read, reply: dict, key: str, count: int) -> np.ndarray:
+        """Field `key` of a reply read with protocol.unpack or unpack_bits."""
         try:
-            return protocol.unpack(reply, key, count)
+            return read(reply, key, count)
         except ProtocolError as error:
             raise PrivateQueryError(f"server sent a malformed reply: {error}") from error
 
@@ -130,3 +138,14 @@ class PrivateClient:
             return json.loads(body)
         except json.JSONDecodeError as error:
             raise PrivateQueryError(f"{route}: server reply is not JSON") from error
+
+
+def classify_concurrently(server: str, randomness_paths: list, faces: np.ndarray
+                          ) -> tuple[list[list[int]], float]:
+    """A load test: one client per randomness file, each in its own thread, classifying every
+    face of `faces`. Returns (the classes each client got, wall-clock seconds)."""
+    clients = [PrivateClient(server, Path(path)) for path in randomness_paths]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(clients)) as pool:
+        answers = list(pool.map(lambda client: [client.classify(f) for f in faces], clients))
+    return answers, time.perf_counter() - start

@@ -1,9 +1,10 @@
-"""Integers modulo 2^128 and the fixed-point encoding of the server's floats.
+"""Integers modulo 2^64 and the fixed-point encoding of the server's floats.
 
 The paper masks integers with one-time pads and scales the server's floats by a large factor
-s before rounding (§3.4, `u^T s v + s p`). Here s = 2^frac_bits and every masked value lives
-in the ring Z_q, q = 2^128: a uniformly random pad hides any ring element perfectly, and
-results are read back as signed integers in [-q/2, q/2).
+s before rounding (§3.4, `u^T s v + s p`). Here s = 2^frac_bits and every masked or shared
+value lives in the ring Z_q, q = 2^64, held in numpy uint64 arrays (whose arithmetic wraps
+modulo 2^64 by itself): a uniformly random pad hides any ring element perfectly, and results
+are read back as signed integers in [-q/2, q/2).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import os
 
 import numpy as np
 
-RING_BITS = 128
+RING_BITS = 64
 MODULUS = 1 << RING_BITS
 ELEMENT_BYTES = RING_BITS // 8
-_LOW64 = (1 << 64) - 1
+RING = np.dtype("<u8")
 #: Largest weight after scaling, in bits: rounding then costs at most 2^-25 of the weight range.
 WEIGHT_BITS = 24
 
@@ -32,26 +33,28 @@ def expand_ring(seed: bytes, count: int) -> np.ndarray:
     return from_bytes(hashlib.shake_256(seed).digest(count * ELEMENT_BYTES))
 
 
+def to_ring(values) -> np.ndarray:
+    """Integers (Python ints of any size, or numpy integers) reduced into Z_q."""
+    flat = [int(v) % MODULUS for v in np.ravel(np.asarray(values, dtype=object))]
+    return np.array(flat, dtype=RING).reshape(np.shape(values))
+
+
 def to_bytes(values: np.ndarray) -> bytes:
-    """Ring elements as 16-byte little-endian words, row-major."""
-    flat = np.ravel(values) % MODULUS
-    words = np.stack([(flat & _LOW64).astype(np.uint64), (flat >> 64).astype(np.uint64)], 1)
-    return words.astype("<u8").tobytes()
+    """Ring elements as 8-byte little-endian words, row-major."""
+    return np.ascontiguousarray(values, dtype=RING).tobytes()
 
 
 def from_bytes(raw: bytes) -> np.ndarray:
-    """Inverse of `to_bytes` (a flat object array)."""
+    """Inverse of `to_bytes` (a flat, writable uint64 array)."""
     if len(raw) % ELEMENT_BYTES:
         raise ValueError(f"{len(raw)} bytes is not a whole number of {ELEMENT_BYTES}-byte "
                          "ring elements")
-    words = np.frombuffer(raw, dtype="<u8").reshape(-1, 2)
-    return words[:, 0].astype(object) + (words[:, 1].astype(object) << 64)
+    return np.frombuffer(raw, dtype=RING).astype(np.uint64)
 
 
 def signed(values: np.ndarray) -> np.ndarray:
     """Ring elements read as integers in [-q/2, q/2)."""
-    reduced = np.asarray(values, dtype=object) % MODULUS
-    return np.where(reduced >= MODULUS // 2, reduced - MODULUS, reduced)
+    return np.asarray(values, dtype=np.uint64).view(np.int64)
 
 
 def frac_bits_for(weights: np.ndarray) -> int:

@@ -1,18 +1,23 @@
 """Arithmetic, correlated randomness and message checks of the private classification
 protocol; the HTTP layer is in server.py / client.py, the reasoning in docs/privacy.md.
 
-One query evaluates the server's affine map scores = W x + c (classifier.py) on the
-client's pixels x and reveals to the client only the winning class:
+One query evaluates the server's affine map y = W x + c (classifier.py, with ties broken
+towards the lower class index) on the client's pixels x, leaves y additively shared between
+the two parties, compares every pair of entries with a dealer-assisted secure comparison
+(comparison.py) and reveals to the client only the winning class:
 
-offline  dealer -> client: pads r (pixels), t (rows), OT choice e and key k_e
-         dealer -> server: seed of A (rows x pixels), w = A r - t, OT keys k_0..k_{C-1}
-         server -> client: V - A, where V holds one row rho_ij (W_pi(i) - W_pi(j)) per pair
-                           i < j of a fresh random class permutation pi and fresh random
-                           positive multipliers rho_ij
-online   client -> server: x + r                                  (uniform in Z_q^pixels)
-         server -> client: z = A (x + r) - w + offsets            (= A x + t + offsets)
-         client: (V - A) x + z - t = V x + offsets, whose signs rank the permuted classes
-         client -> server: (j - e) mod C for the winning position j  (uniform in Z_C)
+offline  dealer -> client: pads r (pixels), t (classes), sign-gate keys (pairs), OT choice e
+                           and key k_e
+         dealer -> server: seed of A (classes x pixels), w = A r - t, sign-gate keys (pairs),
+                           OT keys k_0..k_{C-1}
+         server -> client: W_pi - A, the server's rows in a fresh random class order pi
+online   client -> server: x + r and, per position pair i < j, its masked share difference
+                           u_ij = y^c_i - y^c_j + r^c_ij          (y^c = (W_pi - A) x - t)
+         server -> client: m_ij = u_ij + y^s_i - y^s_j + r^s_ij = d_ij + r_ij, and its XOR
+                           shares of [d_ij < 0]                   (y^s = A (x + r) - w + c_pi)
+         client: its own shares give the bits [d_ij < 0]: a ranking of the permuted positions,
+                 uniformly random because pi is; the winning position j
+         client -> server: (j - e) mod C                          (uniform in Z_C)
          server -> client: (pi(i) + k_{(i - shift) mod C}) mod C for every position i
          client: pi(j) = that value at j minus k_e
 """
@@ -21,22 +26,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import itertools
 import os
 import secrets
+import typing
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from ferbench.privacy import comparison
 from ferbench.privacy import fixed_point as fp
 from ferbench.privacy.classifier import LinearFaceClassifier
 
 SEED_BYTES = 32
-#: Fewest bits of spread the random multipliers must keep (else the classifier's integer
-#: scores are too wide for the ring and the server refuses to start).
-MIN_MULTIPLIER_BITS = 32
 PIXEL_MAX = 255
 
 
@@ -45,8 +50,14 @@ class ProtocolError(ValueError):
 
 
 def pairs(classes: int) -> list[tuple[int, int]]:
-    """The rows of V: position pairs i < j, in this public order."""
+    """The compared position pairs i < j, in this public order."""
     return list(itertools.combinations(range(classes), 2))
+
+
+def pair_differences(values: np.ndarray) -> np.ndarray:
+    """values[i] - values[j] (mod 2^64) for every pair i < j, in `pairs` order."""
+    first, second = np.array(pairs(len(values))).T
+    return values[first] - values[second]
 
 
 @dataclass(frozen=True)
@@ -57,8 +68,8 @@ class Shape:
     classes: int
 
     @property
-    def rows(self) -> int:
-        return len(pairs(self.classes))
+    def pairs(self) -> int:
+        return self.classes * (self.classes - 1) // 2
 
 
 # -- offline: the dealer's correlated randomness ----------------------------------------------
@@ -67,7 +78,8 @@ class Shape:
 class ClientTuple:
     tuple_id: str
     input_pad: np.ndarray   # r, pixels ring elements
-    output_pad: np.ndarray  # t, rows ring elements
+    output_pad: np.ndarray  # t, classes ring elements
+    signs: comparison.SignKeys  # the client's share of one sign gate per pair
     ot_choice: int          # e
     ot_key: int             # k_e
 
@@ -75,49 +87,89 @@ class ClientTuple:
 @dataclass(frozen=True)
 class ServerTuple:
     tuple_id: str
-    matrix_seed: bytes      # A = SHAKE-256(seed), rows x pixels
+    matrix_seed: np.ndarray  # SEED_BYTES uint8; A = SHAKE-256(seed), classes x pixels
     pad_product: np.ndarray  # w = A r - t
+    signs: comparison.SignKeys  # the server's share of one sign gate per pair
     ot_keys: np.ndarray     # k_0 .. k_{C-1}
 
 
-def pad_matrix(seed: bytes, shape: Shape) -> np.ndarray:
-    return fp.expand_ring(seed, shape.rows * shape.pixels).reshape(shape.rows, shape.pixels)
+def pad_matrix(seed: np.ndarray, shape: Shape) -> np.ndarray:
+    return fp.expand_ring(seed.tobytes(), shape.classes * shape.pixels).reshape(
+        shape.classes, shape.pixels)
 
 
 def deal(shape: Shape, count: int) -> tuple[list[ClientTuple], list[ServerTuple]]:
     """`count` one-time tuples of correlated randomness, one per future query."""
+    if count < 1:
+        raise ValueError(f"the number of queries to deal must be at least 1, got {count}")
+    if shape.pixels < 1 or shape.classes < 2:
+        raise ValueError(f"need at least 1 pixel and 2 classes, got {shape.pixels} pixels x "
+                         f"{shape.classes} classes")
+    server_signs, client_signs = comparison.deal_signs(count * shape.pairs)  # one batch
     clients, servers = [], []
-    for _ in range(count):
+    for k in range(count):
         tuple_id = secrets.token_hex(8)
-        seed = os.urandom(SEED_BYTES)
-        input_pad, output_pad = fp.random_ring(shape.pixels), fp.random_ring(shape.rows)
+        seed = np.frombuffer(os.urandom(SEED_BYTES), np.uint8)
+        input_pad, output_pad = fp.random_ring(shape.pixels), fp.random_ring(shape.classes)
+        gates = slice(k * shape.pairs, (k + 1) * shape.pairs)
         ot_keys = np.array([secrets.randbelow(shape.classes) for _ in range(shape.classes)])
         choice = secrets.randbelow(shape.classes)
-        product = (pad_matrix(seed, shape).dot(input_pad) - output_pad) % fp.MODULUS
-        clients.append(ClientTuple(tuple_id, input_pad, output_pad, choice, int(ot_keys[choice])))
-        servers.append(ServerTuple(tuple_id, seed, product, ot_keys))
+        product = pad_matrix(seed, shape).dot(input_pad) - output_pad
+        clients.append(ClientTuple(tuple_id, input_pad, output_pad, client_signs[gates], choice,
+                                   int(ot_keys[choice])))
+        servers.append(ServerTuple(tuple_id, seed, product, server_signs[gates], ot_keys))
     return clients, servers
 
 
+def _columns(item, prefix: str = "") -> dict[str, np.ndarray]:
+    """A tuple's fields as named arrays, nested dataclasses flattened with dotted names."""
+    columns = {}
+    for f in dataclasses.fields(item):
+        value = getattr(item, f.name)
+        if dataclasses.is_dataclass(value):
+            columns.update(_columns(value, f"{prefix}{f.name}."))
+        else:
+            columns[prefix + f.name] = np.asarray(value)
+    return columns
+
+
+def _rebuild(cls, data, index: int, prefix: str = ""):
+    """Inverse of `_columns` for the `index`-th tuple of a file's stacked columns."""
+    values = {}
+    for name, kind in typing.get_type_hints(cls).items():
+        if dataclasses.is_dataclass(kind):
+            values[name] = _rebuild(kind, data, index, f"{prefix}{name}.")
+        else:
+            value = data[prefix + name][index]
+            values[name] = kind(value) if kind in (int, str) else value
+    return cls(**values)
+
+
 def save_tuples(path, shape: Shape, tuples: list) -> None:
-    """One party's tuples in one .npz (`role` says whose; ring arrays as raw bytes)."""
+    """One party's tuples in one .npz (`role` says whose), each field stacked over tuples."""
     role = "client" if isinstance(tuples[0], ClientTuple) else "server"
-    arrays = {"role": role, "pixels": shape.pixels, "classes": shape.classes,
-              "ids": np.array([t.tuple_id for t in tuples])}
-    if role == "client":
-        arrays.update(
-            input_pads=np.stack([_byte_array(t.input_pad) for t in tuples]),
-            output_pads=np.stack([_byte_array(t.output_pad) for t in tuples]),
-            ot_choices=np.array([t.ot_choice for t in tuples]),
-            ot_keys=np.array([t.ot_key for t in tuples]))
-    else:
-        arrays.update(
-            seeds=np.stack([np.frombuffer(t.matrix_seed, np.uint8) for t in tuples]),
-            pad_products=np.stack([_byte_array(t.pad_product) for t in tuples]),
-            ot_keys=np.stack([t.ot_keys for t in tuples]))
+    columns = [_columns(t) for t in tuples]
+    arrays = {name: np.stack([c[name] for c in columns]) for name in columns[0]}
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as handle:  # np.savez would append .npz to other names
-        np.savez(handle, **arrays)
+    # Readable by its owner only; np.savez on a path would append .npz to other names.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
+        np.savez(handle, role=role, pixels=shape.pixels, classes=shape.classes, **arrays)
+
+
+def deal_files(shape: Shape, count: int, client_paths: list, server_path) -> None:
+    """Deal `count` tuples: the server's all in `server_path`, the client's split evenly over
+    `client_paths` (one file per concurrent client, so that no two clients spend one tuple)."""
+    paths = [Path(p).resolve() for p in client_paths]
+    if not paths:
+        raise ValueError("at least one client randomness file is needed")
+    if Path(server_path).resolve() in paths or len(set(paths)) != len(paths):
+        raise ValueError("every party's randomness needs its own file")
+    if count < len(client_paths):
+        raise ValueError(f"{count} queries cannot be split over {len(client_paths)} clients")
+    client_tuples, server_tuples = deal(shape, count)
+    for k, path in enumerate(client_paths):
+        save_tuples(path, shape, client_tuples[k::len(client_paths)])
+    save_tuples(server_path, shape, server_tuples)
 
 
 def load_tuples(path, role: str) -> tuple[Shape, dict]:
@@ -126,21 +178,10 @@ def load_tuples(path, role: str) -> tuple[Shape, dict]:
         if str(data["role"]) != role:
             raise ValueError(f"{path} holds the {data['role']}'s randomness, not the {role}'s")
         shape = Shape(int(data["pixels"]), int(data["classes"]))
-        ids = [str(i) for i in data["ids"]]
-        if role == "client":
-            tuples = [ClientTuple(i, fp.from_bytes(r.tobytes()), fp.from_bytes(t.tobytes()),
-                                  int(e), int(k))
-                      for i, r, t, e, k in zip(ids, data["input_pads"], data["output_pads"],
-                                               data["ot_choices"], data["ot_keys"])]
-        else:
-            tuples = [ServerTuple(i, s.tobytes(), fp.from_bytes(w.tobytes()), k)
-                      for i, s, w, k in zip(ids, data["seeds"], data["pad_products"],
-                                            data["ot_keys"])]
+        cls = ClientTuple if role == "client" else ServerTuple
+        columns = {name: data[name] for name in data.files}
+        tuples = [_rebuild(cls, columns, k) for k in range(len(columns["tuple_id"]))]
     return shape, {t.tuple_id: t for t in tuples}
-
-
-def _byte_array(values: np.ndarray) -> np.ndarray:
-    return np.frombuffer(fp.to_bytes(values), np.uint8)
 
 
 class UsedTuples:
@@ -183,25 +224,35 @@ class FixedPointClassifier:
         """Integer scores of uint8 pixel rows (N, pixels) -> (N, classes)."""
         return np.asarray(pixels, dtype=object).dot(self.weights.T) + self.offsets
 
+    def ranking_scores(self, pixels: np.ndarray) -> np.ndarray:
+        """C * score_k + (C - 1 - k) of uint8 pixel rows: what the protocol compares. They
+        are all distinct, and their argmax is numpy's argmax of the scores (ties to lower k)."""
+        return self.scores(pixels) * self.shape.classes + self._tie_break
+
     @cached_property
-    def multiplier_bits(self) -> int:
-        """Bits of spread left for rho_ij: rho_ij * (score_i - score_j) must stay below
-        q/2 in absolute value for every possible face."""
+    def ranking(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weights, offsets) of the ranking scores in Z_2^64."""
+        return (fp.to_ring(self.weights * self.shape.classes),
+                fp.to_ring(self.offsets * self.shape.classes + self._tie_break))
+
+    @property
+    def _tie_break(self) -> np.ndarray:
+        return np.arange(self.shape.classes - 1, -1, -1)
+
+    @cached_property
+    def ranking_bits(self) -> int:
+        """Bits of the widest possible ranking-score difference; the sign gate reads every
+        difference in [-2^47, 2^47), so the server refuses to start above 46 (one bit spare)."""
+        classes = self.shape.classes
         widest = max(int(np.abs(self.weights[i] - self.weights[j]).sum() * PIXEL_MAX
-                         + abs(self.offsets[i] - self.offsets[j])).bit_length()
-                     for i, j in pairs(self.shape.classes))
-        bits = fp.RING_BITS - 2 - widest
-        if bits < MIN_MULTIPLIER_BITS:
-            raise ValueError(f"score differences need {widest} bits; the {fp.RING_BITS}-bit "
-                             f"ring leaves only {bits} bits for the random multipliers")
+                         + abs(self.offsets[i] - self.offsets[j])) * classes + classes
+                     for i, j in pairs(classes))
+        bits = widest.bit_length()
+        most = comparison.COMPARE_BITS - 2
+        if bits > most:
+            raise ValueError(f"score differences need {bits} bits; the secure comparison "
+                             f"reads {comparison.COMPARE_BITS}-bit values, so at most {most}")
         return bits
-
-
-def random_multiplier(bits: int) -> int:
-    """rho uniform in [2^u, 2^(u+1)) with u uniform in [0, bits): log-uniform, so that
-    rho * d hides the size of the score gap d up to a shift of its logarithm."""
-    exponent = secrets.randbelow(bits)
-    return (1 << exponent) + secrets.randbelow(1 << exponent)
 
 
 @dataclass
@@ -210,39 +261,38 @@ class ServerQuery:
 
     randomness: ServerTuple
     permutation: list[int]    # class at each position
-    matrix: np.ndarray        # V - A, the offline message
+    matrix: np.ndarray        # W_pi - A, the offline message
     pad: np.ndarray           # A, for the online step
-    row_offsets: np.ndarray
-    answered_scores: bool = False
+    offsets: np.ndarray       # c_pi
+    compared: bool = False
 
     @classmethod
     def start(cls, model: FixedPointClassifier, randomness: ServerTuple) -> ServerQuery:
-        shape = model.shape
-        permutation = list(range(shape.classes))
+        permutation = list(range(model.shape.classes))
         secrets.SystemRandom().shuffle(permutation)
-        bits = model.multiplier_bits
-        rows, row_offsets = [], []
-        for i, j in pairs(shape.classes):
-            rho = random_multiplier(bits)
-            a, b = permutation[i], permutation[j]
-            rows.append((model.weights[a] - model.weights[b]) * rho)
-            row_offsets.append((model.offsets[a] - model.offsets[b]) * rho)
-        pad = pad_matrix(randomness.matrix_seed, shape)
-        masked = (np.stack(rows) - pad) % fp.MODULUS
-        return cls(randomness, permutation, masked, pad, np.array(row_offsets, dtype=object))
+        weights, offsets = model.ranking
+        pad = pad_matrix(randomness.matrix_seed, model.shape)
+        return cls(randomness, permutation, weights[permutation] - pad, pad,
+                   offsets[permutation])
 
-    def answer_scores(self, masked_face: np.ndarray) -> np.ndarray:
-        """z = A (x + r) - w + offsets."""
-        if self.answered_scores:
-            raise ProtocolError(f"tuple {self.randomness.tuple_id} already answered its scores")
-        self.answered_scores = True
-        return (self.pad.dot(masked_face) - self.randomness.pad_product
-                + self.row_offsets) % fp.MODULUS
+    def answer_compare(self, masked_face: np.ndarray,
+                       masked_differences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(opened m = d + r, the server's XOR shares of [d < 0]) for every pair, from x + r
+        and the client's u; the server's score share is y^s = A (x + r) - w + c_pi."""
+        if self.compared:
+            raise ProtocolError(f"tuple {self.randomness.tuple_id} already answered its "
+                                "comparison")
+        self.compared = True
+        share = self.pad.dot(masked_face) - self.randomness.pad_product + self.offsets
+        signs = self.randomness.signs
+        opened = masked_differences + pair_differences(share) + signs.mask
+        return opened, comparison.sign_share(comparison.SERVER, signs, opened)
 
     def answer_label(self, shift: int) -> list[int]:
         """The permuted class list under one-time keys rotated by the client's shift."""
-        if not self.answered_scores:
-            raise ProtocolError(f"tuple {self.randomness.tuple_id}: scores come before label")
+        if not self.compared:
+            raise ProtocolError(f"tuple {self.randomness.tuple_id}: the comparison comes "
+                                "before the label")
         classes = len(self.permutation)
         keys = self.randomness.ot_keys
         return [int((self.permutation[i] + keys[(i - shift) % classes]) % classes)
@@ -253,24 +303,27 @@ class ServerQuery:
 
 def mask_face(pixels: np.ndarray, randomness: ClientTuple) -> np.ndarray:
     """x + r: uniform in Z_q whatever the face."""
-    return (np.asarray(pixels, dtype=object) + randomness.input_pad) % fp.MODULUS
+    return np.asarray(pixels).astype(np.uint64) + randomness.input_pad
 
 
-def blinded_differences(masked_matrix: np.ndarray, pixels: np.ndarray, server_scores,
-                        randomness: ClientTuple) -> np.ndarray:
-    """(V - A) x + z - t = V x + offsets: rho_ij (score_pi(i) - score_pi(j)), signed."""
-    total = masked_matrix.dot(np.asarray(pixels, dtype=object)) + server_scores
-    return fp.signed(total - randomness.output_pad)
+def masked_differences(masked_matrix: np.ndarray, pixels: np.ndarray,
+                       randomness: ClientTuple) -> np.ndarray:
+    """u_ij = y^c_i - y^c_j + r^c_ij with y^c = (W_pi - A) x - t, the client's score share."""
+    share = masked_matrix.dot(np.asarray(pixels).astype(np.uint64)) - randomness.output_pad
+    return pair_differences(share) + randomness.signs.mask
 
 
-def winning_position(differences: np.ndarray, classes: int) -> int:
-    """The permuted position that beats every other (most wins; ties to the first)."""
+def losing_bits(opened: np.ndarray, server_bits: np.ndarray,
+                randomness: ClientTuple) -> np.ndarray:
+    """[d_ij < 0] per pair: 1 where position i's ranking score is below position j's."""
+    return comparison.sign_share(comparison.CLIENT, randomness.signs, opened) ^ server_bits
+
+
+def winning_position(losing: np.ndarray, classes: int) -> int:
+    """The permuted position that beats every other (ranking scores are all distinct)."""
     wins = np.zeros(classes, dtype=int)
-    for (i, j), difference in zip(pairs(classes), differences):
-        if difference > 0:
-            wins[i] += 1
-        elif difference < 0:
-            wins[j] += 1
+    for (i, j), lost in zip(pairs(classes), losing):
+        wins[j if lost else i] += 1
     return int(np.argmax(wins))
 
 
@@ -296,6 +349,18 @@ def unpack(message: dict, key: str, count: int) -> np.ndarray:
         raise ProtocolError(f"{key} must hold {count} ring elements ({count * fp.ELEMENT_BYTES}"
                             f" bytes), got {len(raw)} bytes")
     return fp.from_bytes(raw)
+
+
+def pack_bits(bits: np.ndarray) -> str:
+    return "".join("1" if b else "0" for b in bits)
+
+
+def unpack_bits(message: dict, key: str, count: int) -> np.ndarray:
+    """A field of exactly `count` characters 0 or 1."""
+    text = field(message, key, str)
+    if len(text) != count or set(text) - {"0", "1"}:
+        raise ProtocolError(f"{key} must be {count} characters 0 or 1")
+    return np.array([c == "1" for c in text], dtype=np.uint8)
 
 
 def field(message, key: str, kind: type):

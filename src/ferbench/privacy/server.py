@@ -2,15 +2,19 @@
 
 Endpoints (JSON bodies; ring arrays as base64 of 16-byte little-endian words):
 GET  /info     public shape: pixels, classes, face size, class names, ring bits
-POST /offline  {"tuple"} -> {"matrix": V - A}                  (input-independent)
-POST /scores   {"tuple", "face": x + r} -> {"scores": z}
+POST /offline  {"tuple"} -> {"matrix": W_pi - A}                (input-independent)
+POST /compare  {"tuple", "face": x + r, "differences": u} -> {"opened": m, "bits": "0110.."}
 POST /label    {"tuple", "shift": (j - e) mod C} -> {"labels": masked class list}
-A message that does not fit gets HTTP 400 with {"error": "<what is wrong>"}.
+A message that does not fit (malformed, not JSON, nested too deep, longer than the largest
+legitimate message, out of order) gets HTTP 400 with {"error": "<what is wrong>"}; a client
+that stalls mid-request is dropped after REQUEST_TIMEOUT seconds.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +24,10 @@ from ferbench.privacy import protocol
 from ferbench.privacy.classifier import LinearFaceClassifier
 from ferbench.privacy.protocol import ProtocolError
 
-MAX_BODY_BYTES = 64 << 20
+#: Seconds a connection may stall (reading a request or writing a reply) before it is closed.
+REQUEST_TIMEOUT = 30.0
+#: Bytes beyond the longest legitimate body: another client's JSON spacing, a longer tuple id.
+BODY_SLACK = 1024
 
 
 class PrivateClassifierService:
@@ -34,7 +41,7 @@ class PrivateClassifierService:
             raise ValueError(f"{randomness_path} was dealt for {shape.pixels} pixels x "
                              f"{shape.classes} classes; the classifier has "
                              f"{self.model.shape.pixels} x {self.model.shape.classes}")
-        self.model.multiplier_bits  # refuse to start when the ring is too narrow
+        self.model.ranking_bits  # refuse to start when the ring is too narrow
         self.used = protocol.UsedTuples(randomness_path)
         self.queries: dict[str, protocol.ServerQuery] = {}
         self.lock = threading.Lock()
@@ -56,12 +63,14 @@ class PrivateClassifierService:
             self.queries[tuple_id] = query
         return {"matrix": protocol.pack(query.matrix)}
 
-    def scores(self, message: dict) -> dict:
+    def compare(self, message: dict) -> dict:
         query = self._query(message)
-        face = protocol.unpack(message, "face", self.model.shape.pixels)
+        shape = self.model.shape
+        face = protocol.unpack(message, "face", shape.pixels)
+        differences = protocol.unpack(message, "differences", shape.pairs)
         with self.lock:
-            answer = query.answer_scores(face)
-        return {"scores": protocol.pack(answer)}
+            opened, bits = query.answer_compare(face, differences)
+        return {"opened": protocol.pack(opened), "bits": protocol.pack_bits(bits)}
 
     def label(self, message: dict) -> dict:
         query = self._query(message)
@@ -81,12 +90,26 @@ class PrivateClassifierService:
                                     "missing, or the query is finished)")
             return self.queries[tuple_id]
 
+    @property
+    def max_body_bytes(self) -> int:
+        """The longest legitimate request body (a /compare) plus BODY_SLACK."""
+        shape = self.model.shape
+        longest = {"tuple": "0" * 16, "face": protocol.pack(fp.random_ring(shape.pixels)),
+                   "differences": protocol.pack(fp.random_ring(shape.pairs))}
+        return len(json.dumps(longest)) + BODY_SLACK
 
-def make_server(service: PrivateClassifierService, port: int = 0) -> ThreadingHTTPServer:
-    """An HTTP server on 127.0.0.1:`port` (0: any free port) answering `service`."""
-    routes = {"/offline": service.offline, "/scores": service.scores, "/label": service.label}
+
+def make_server(service: PrivateClassifierService, port: int = 0,
+                request_timeout: float = REQUEST_TIMEOUT) -> ThreadingHTTPServer:
+    """An HTTP server on 127.0.0.1:`port` (0: any free port) answering `service`; a
+    connection that stalls for `request_timeout` seconds is closed."""
+    routes = {"/offline": service.offline, "/compare": service.compare,
+              "/label": service.label}
+    max_body = service.max_body_bytes
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = request_timeout  # set on the socket by StreamRequestHandler.setup
+
         def do_GET(self):
             if self.path == "/info":
                 self._reply(HTTPStatus.OK, service.info())
@@ -102,15 +125,20 @@ def make_server(service: PrivateClassifierService, port: int = 0) -> ThreadingHT
                 self._reply(HTTPStatus.OK, route(self._message()))
             except ProtocolError as error:
                 self._reply(HTTPStatus.BAD_REQUEST, {"error": str(error)})
+            except TimeoutError:  # the body stalled: nobody is left to answer
+                self.close_connection = True
 
         def _message(self) -> dict:
             length = self.headers.get("Content-Length")
-            if length is None or not length.isdigit() or int(length) > MAX_BODY_BYTES:
-                raise ProtocolError(f"a body of at most {MAX_BODY_BYTES} bytes with its "
+            if length is None or not length.isdigit() or int(length) > max_body:
+                self.close_connection = True  # the unread body must not be taken as a request
+                raise ProtocolError(f"a body of at most {max_body} bytes with its "
                                     "Content-Length is required")
             try:
                 return json.loads(self.rfile.read(int(length)))
-            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            except RecursionError as error:
+                raise ProtocolError("body is JSON nested too deeply") from error
+            except ValueError as error:  # JSONDecodeError, UnicodeDecodeError, huge numbers
                 raise ProtocolError(f"body is not JSON: {error}") from error
 
         def _reply(self, status: HTTPStatus, body: dict) -> None:
@@ -127,13 +155,28 @@ def make_server(service: PrivateClassifierService, port: int = 0) -> ThreadingHT
     return ThreadingHTTPServer(("127.0.0.1", port), Handler)
 
 
-def serve(classifier_path, randomness_path, port: int) -> None:
+def serve(classifier_path, randomness_path, port: int,
+          request_timeout: float = REQUEST_TIMEOUT) -> None:
     """Run until killed, printing the URL first (flushed, for whoever started us)."""
     service = PrivateClassifierService(LinearFaceClassifier.load(classifier_path),
                                        randomness_path)
-    server = make_server(service, port)
+    server = make_server(service, port, request_timeout)
     print(f"http://127.0.0.1:{server.server_address[1]}", flush=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
+
+
+def spawn(classifier_path, randomness_path) -> tuple[subprocess.Popen, str]:
+    """`ferbench serve-private` in a child process on a free port: (process, URL). The
+    caller stops it by its PID (`process.terminate()`)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ferbench.cli", "serve-private", "--classifier",
+         str(classifier_path), "--randomness", str(randomness_path), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = process.stdout.readline().strip()
+    if not url.startswith("http://127.0.0.1:"):
+        process.kill()
+        raise RuntimeError(f"serve-private did not start: {process.stderr.read()[-2000:]}")
+    return process, url
