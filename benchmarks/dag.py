@@ -47,7 +47,7 @@ def matrix_config() -> dict:
 def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
     """Wall time and output of one `snakemake` call on the repository's Snakefile."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "2", "--configfile", str(workdir / "study.yaml"), *args]
+           str(workdir), "--cores", "2", f"--configfile={workdir / 'study.yaml'}", *args]
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=workdir, env=environment, capture_output=True, text=True)

@@ -38,7 +38,8 @@ def write_config(workdir: Path, config: dict) -> Path:
 def snakemake_command(workdir: Path, *args: str, cores: int = 2) -> list[str]:
     """The real `snakemake` on the repository's Snakefile, with `workdir` as working folder
     and its study file as the only config (unless `args` name another)."""
-    study = [] if "--configfile" in args else ["--configfile", str(workdir / STUDY_FILE)]
+    # `--configfile=FILE`: the spaced form would swallow the targets that follow as files.
+    study = [] if "--configfile" in args else [f"--configfile={workdir / STUDY_FILE}"]
     return [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
             str(workdir), "--cores", str(cores), *study, *args]
 
