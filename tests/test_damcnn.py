@@ -233,7 +233,7 @@ def sequence_split(n=24):
 
 
 def test_decoder_targets_are_fixed_once_outside_the_sample_sequence(step1_checkpoint):
-    """Section 3.4: the pairs (s_i, s_i^j) are drawn once before step 2; each target is of the
+    """Algorithm 1's text: the pairs (s_i, s_i^j) are stored before step 2; each target is of the
     sample's class, never the sample itself nor a face of its sequence (its other frames,
     its augmented copies)."""
     path, _ = step1_checkpoint
@@ -288,7 +288,8 @@ def test_gender_bound_fixed_targets_keep_their_gender_outside_the_sequence(step1
 
 def vgg_face_file(tmp_path, hidden, features):
     """A VGG-Face-like state dict at the tiny width: 13 convs, then fc6, fc7, fc8 (2622 ids)."""
-    state = {f"features.{k}": v for k, v in VGGTrunk("vgg16", 3, TINY["width"]).state_dict().items()}
+    trunk = VGGTrunk("vgg16", in_channels=3, width=TINY["width"])
+    state = {f"features.{k}": v for k, v in trunk.state_dict().items()}
     for name, shape in (("fc6", (hidden, features)), ("fc7", (hidden, hidden)),
                         ("fc8", (2622, hidden))):
         state[f"{name}.weight"], state[f"{name}.bias"] = torch.randn(shape), torch.randn(shape[0])

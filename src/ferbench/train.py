@@ -23,7 +23,6 @@ from tqdm import tqdm
 from ferbench.resize import resize
 
 
-
 def select_device(preference: str = "auto") -> torch.device:
     """CUDA when present (or asked for), else CPU; with several GPUs, one no other job holds."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):

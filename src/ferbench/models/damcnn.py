@@ -27,9 +27,9 @@ and 1e-4 for `damcnn`. Dropout 0.5 acts on the MPAE code and after every hidden 
 `width` scales the trunk's channels and the 4096-wide layers alike, and the flattened feature
 size (512 x 7 x 7 = 25088 at 224) follows from `input_size` and `width`, so tests run tiny.
 
-Decoder targets (Section 3.3.1, 3.4): each training sample s_i gets, for each decoder j,
-one target s_i^j of its class, drawn once before step 2 and kept for the whole training (the
-paper stores the pairs (s_i, s_i^j)). The target must share only the expression, so it is
+Decoder targets (Section 3.3.1 and the text after Algorithm 1): each training sample s_i
+gets, for each decoder j, one target s_i^j of its class, drawn once before step 2 and kept
+for the whole training (the paper stores the pairs (s_i, s_i^j)). The target must share only the expression, so it is
 never the sample itself nor any face of the sample's sequence (its other frames, and every
 augmented copy of it: the workflow passes each face's sequence as `prepare`'s sequences).
 A class whose faces all come from one sequence has no such target: its faces fall back to
