@@ -142,7 +142,7 @@ def measure(spec: ModelSpec, overrides: dict, device: torch.device, args) -> str
     baseline = start_peak_memory(device)
     try:
         torch.manual_seed(0)
-        model = spec.build(args.classes, hp).to(device)
+        model = spec.load_start(spec.build(args.classes, hp), hp).to(device)
     except Exception as error:  # the model refuses these hyperparameters
         return f"{spec.name:<14} cannot build ({described}): {_first_line(error)}"
     amp_dtype = AMP_DTYPES.get(args.amp) if device.type == "cuda" else None

@@ -31,7 +31,8 @@ def test_squares_are_clipped_at_the_border():
 
 
 def face_landmarks() -> np.ndarray:
-    """A synthetic 68-point face in a 200x200 crop: inner eye corners 40 px apart."""
+    """A synthetic 68-point face in a 200x200 crop: inner eye corners 40 px apart, every
+    other landmark at the crop's centre."""
     points = np.full((68, 2), 100.0)
     points[39], points[42] = (80, 80), (120, 80)
     points[21] = (90, 60)
@@ -39,19 +40,29 @@ def face_landmarks() -> np.ndarray:
     return points
 
 
-def test_centres_shift_by_the_inner_eye_corner_distance():
-    centres = au_centres(face_landmarks())
-    labels = [label for label, _, _ in AU_CENTRES]
-    assert centres[labels.index("AU1")] == pytest.approx((90, 60 - 20))   # 1/2 scale above
-    assert centres[labels.index("AU17")] == pytest.approx((100, 150 + 20))  # 1/2 scale below
-    assert centres[labels.index("AU4")] == pytest.approx((100, 100 + 40 / 3))
+def test_centres_are_eac_nets_twenty_shifted_by_the_inner_eye_corner_distance():
+    """EAC-Net's 20 centres (get_au_tg_dlib, 68 iBUG points): one landmark each, shifted by
+    a multiple of the 40 px inner-corner distance."""
+    points = np.array([(k, 100.0 + k) for k in range(68)])
+    points[39], points[42] = (80, 80), (120, 80)
+    third = 40 / 3
+    expected = [(21, 101), (22, 102),                      # AU1: 1/2 scale above 21, 22
+                (18, 118 - third), (25, 125 - third),      # AU2: 1/3 scale above 18, 25
+                (19, 119 + third), (24, 124 + third),      # AU4: 1/3 scale below 19, 24
+                (41, 181), (46, 186),                      # AU6: 1 scale below 41, 46
+                (38, 138), (43, 143), (49, 149), (53, 153),  # AU7, AU10
+                (48, 148), (54, 154), (51, 151), (57, 157),  # AU12/14, AU17
+                (61, 161), (63, 163),                      # AU23/24: inner upper lip
+                (56, 176), (58, 178)]                      # AU23: 1/2 scale below 56, 58
+    assert len(AU_CENTRES) == 20
+    np.testing.assert_allclose(au_centres(points), expected)
 
 
 def test_attention_map_scales_the_face_to_the_100_pixel_canvas():
     amap = attention_map(face_landmarks(), face_side=200, size=100)
     assert amap.dtype == np.float32 and amap.shape == (100, 100)
     assert amap[20, 45] == pytest.approx(1.0)  # AU1 centre (90, 40) at half scale
-    assert amap[85, 50] == pytest.approx(1.0)  # AU17 centre (100, 170) at half scale
+    assert amap[75, 50] == pytest.approx(1.0)  # AU17 centre: landmark 57 (100, 150)
     small = attention_map(face_landmarks(), face_side=200, size=28)
     assert small.shape == (28, 28) and 0 <= small.min() and small.max() <= 1
 

@@ -120,6 +120,25 @@ def test_reconstruction_loss_is_the_per_image_sum_of_squares():
     assert reconstruction_loss(reconstructions, images).item() == pytest.approx((5 + 1) / 2)
 
 
+def test_reconstruction_term_sums_over_the_input_pixels_as_eq4():
+    """Eq. 4 compares with the original image: L_r sums over all 64x64 input pixels even
+    though the decoder outputs 28x28, so 0.0005 weighs it as in the paper (a 28x28 sum, as
+    before, would be (64/28)^2 = 5.2x lighter; 64x at the paper's 224)."""
+    torch.manual_seed(0)
+    model = build("e2capsnet", 64)
+    last = model.head.decoder[-2]
+    with torch.no_grad():  # every decoded pixel sigmoid(logit(0.8)) = 0.8
+        last.weight.zero_()
+        last.bias.fill_(math.log(0.8 / 0.2))
+    x = batch(2, 64)
+    x[:, 0] = 0.2  # the face at 0.2 in [-1, 1], 0.6 in [0, 1]: every pixel 0.2 off
+    targets = torch.tensor([0, 3, 6])
+    features = model._features(x)
+    loss, lengths = model.head.objective(features, x[:, :1], targets)
+    reconstruction_term = loss - margin_loss(lengths, targets)
+    assert reconstruction_term.item() == pytest.approx(0.0005 * 64 * 64 * 0.2 ** 2, rel=1e-5)
+
+
 @pytest.mark.parametrize("name, channels, size", [("e2capsnet", 2, 64), ("capsnet", 1, 28)])
 def test_a_few_steps_on_a_separable_task_reduce_the_loss(name, channels, size):
     """Bright vs dark faces, at the papers' Adam lr 1e-4 (at 1e-3 CapsNet's lengths saturate)."""

@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from ferbench import train
+from ferbench.data.download import sha256sum
 from ferbench.jobs import save_model
 from ferbench.models import get
+from ferbench.models.vgg import VGGTrunk
 from ferbench.models.losses import mpae_reconstruction, serd_regulariser
 
 SIZE = 64
@@ -27,10 +29,12 @@ def tiny_split(n=24, seed=0):
 
 
 def build(name="vgg_serd", **overrides):
-    """Step 1 (`vgg_serd`) by default; `build("damcnn", init_from=...)` is step 2."""
+    """Step 1 (`vgg_serd`) by default; `build("damcnn", init_from=...)` is step 2. Built and
+    started as jobs.train_fold does."""
     spec = get(name)
     tiny = {k: v for k, v in TINY.items() if k in spec.defaults}
-    return spec.build(3, spec.hyperparameters({**tiny, **overrides}))
+    hp = spec.hyperparameters({**tiny, **overrides})
+    return spec.load_start(spec.build(3, hp), hp)
 
 
 def write_step1(path, model):
@@ -173,7 +177,7 @@ def test_step2_fit_resumes_exactly(step1_checkpoint, tmp_path):
 
     def run(folder, epochs):
         torch.manual_seed(0)
-        model = spec.build(3, hp)
+        model = spec.load_start(spec.build(3, hp), hp)
         return train.fit(model, {**hp, "epochs": epochs}, tiny_split(), tiny_split(9, 1),
                          tmp_path / folder / "ckpt.pt", seed=0, device=torch.device("cpu"),
                          progress=False, fingerprint="f")
@@ -218,3 +222,104 @@ def test_a_fresh_serd_mask_lets_every_region_through():
     salient, mask = model.salient_features(tiny_split(n=4).images.float() / 127.5 - 1)
     assert torch.allclose(mask, torch.full_like(mask, math.tanh(1.0)))
     assert salient.abs().sum() > 0
+
+
+def sequence_split(n=24):
+    """tiny_split's faces in sequences of 2 frames (faces 2k, 2k+1), each class in 4."""
+    split = tiny_split(n)
+    split.targets = torch.arange(n) // 2 % 3
+    split.sequences = torch.arange(n) // 2
+    return split
+
+
+def test_decoder_targets_are_fixed_once_outside_the_sample_sequence(step1_checkpoint):
+    """Algorithm 1's text: the pairs (s_i, s_i^j) are stored before step 2; each target is of the
+    sample's class, never the sample itself nor a face of its sequence (its other frames,
+    its augmented copies)."""
+    path, _ = step1_checkpoint
+    model = build("damcnn", init_from=path).eval()  # no dropout: the loss is deterministic
+    split = sequence_split()
+    torch.manual_seed(7)
+    model.prepare(split.images, split.targets, sequences=split.sequences)
+    everyone = torch.arange(len(split))
+    targets = model.fixed_targets(everyone)
+    assert targets.shape == (3, len(split))
+    assert torch.equal(split.targets[targets], split.targets.expand(3, -1))
+    assert (split.sequences[targets] != split.sequences).all()
+    samples = torch.tensor([5, 0, 17])
+    x = train.as_input(split.images[samples], torch.device("cpu"))
+    losses = []
+    for seed in (1, 2):  # another batch, another epoch: the same targets, the same loss
+        torch.manual_seed(seed)
+        losses.append(model.training_objective(x, split.targets[samples], samples)[0].item())
+    assert losses[0] == losses[1]
+    assert torch.equal(model.fixed_targets(samples), targets[:, samples])
+    torch.manual_seed(7)  # the run's seed fixes the draw: a resumed run pairs alike
+    again = build("damcnn", init_from=path)
+    again.prepare(split.images, split.targets, sequences=split.sequences)
+    assert torch.equal(again.fixed_targets(everyone), targets)
+
+
+def test_a_class_of_one_sequence_falls_back_inside_it_but_not_to_the_sample(step1_checkpoint,
+                                                                           capsys):
+    path, _ = step1_checkpoint
+    model = build("damcnn", init_from=path)
+    split = sequence_split()
+    split.sequences[split.targets == 2] = 99  # class 2's faces: all of one sequence
+    model.prepare(split.images, split.targets, sequences=split.sequences)
+    targets = model.fixed_targets(torch.arange(len(split)))
+    lone = split.targets == 2
+    assert (targets[:, lone] != torch.arange(len(split))[lone]).all()
+    assert (split.sequences[targets[:, ~lone]] != split.sequences[~lone]).all()
+    assert f"{int(lone.sum())} of {len(split)} training faces" in capsys.readouterr().out
+
+
+def test_gender_bound_fixed_targets_keep_their_gender_outside_the_sequence(step1_checkpoint):
+    path, _ = step1_checkpoint
+    model = build("damcnn", init_from=path, decoders=4, gender_bound=True)
+    split = sequence_split()
+    groups = torch.arange(len(split)) // 6 % 2  # sequences of both genders in every class
+    model.prepare(split.images, split.targets, groups, split.sequences)
+    targets = model.fixed_targets(torch.arange(len(split)))
+    assert torch.equal(split.targets[targets], split.targets.expand(4, -1))
+    assert (split.sequences[targets] != split.sequences).all()
+    assert (groups[targets[0::2]] == 0).all() and (groups[targets[1::2]] == 1).all()
+
+
+def vgg_face_file(tmp_path, hidden, features):
+    """A VGG-Face-like state dict at the tiny width: 13 convs, then fc6, fc7, fc8 (2622 ids)."""
+    trunk = VGGTrunk("vgg16", in_channels=3, width=TINY["width"])
+    state = {f"features.{k}": v for k, v in trunk.state_dict().items()}
+    for name, shape in (("fc6", (hidden, features)), ("fc7", (hidden, hidden)),
+                        ("fc8", (2622, hidden))):
+        state[f"{name}.weight"], state[f"{name}.bias"] = torch.randn(shape), torch.randn(shape[0])
+    path = tmp_path / "vgg_face.pth"
+    torch.save(state, path)
+    return state, path
+
+
+def test_step1_keeps_vgg_face_fc6_fc7_and_renews_only_the_last_layer(tmp_path):
+    """Section 3.1: "we reshape and reinitialize the last fully-connected layer"."""
+    torch.manual_seed(0)
+    fresh = build()
+    fc6, fc7, fc8 = fresh.head[0], fresh.head[3], fresh.head[6]
+    state, path = vgg_face_file(tmp_path, fc7.in_features, fc6.in_features)
+    torch.manual_seed(0)
+    model = build(pretrained=str(path), pretrained_sha256=sha256sum(path))
+    assert torch.equal(model.head[0].weight, state["fc6.weight"])
+    assert torch.equal(model.head[3].bias, state["fc7.bias"])
+    assert torch.equal(model.head[6].weight, fc8.weight) and fc8.out_features == 3
+    assert torch.equal(model.trunk.stages[4][0].weight, state["features.stages.4.0.weight"])
+
+
+def test_constructors_never_load_weights(tmp_path):
+    """A trained model is rebuilt from its own hyperparameters and state dict: building reads
+    neither VGG-Face nor the step-1 model (they need not exist any more)."""
+    gone = str(tmp_path / "deleted.pt")
+    for name, key in (("vgg_serd", "pretrained"), ("damcnn", "init_from")):
+        spec = get(name)
+        hp = spec.hyperparameters({**{k: v for k, v in TINY.items() if k in spec.defaults},
+                                   key: gone})
+        spec.build(3, hp)  # no error: nothing is read
+        with pytest.raises((FileNotFoundError, OSError)):
+            spec.load_start(spec.build(3, hp), hp)

@@ -66,3 +66,13 @@ def test_gender_groups_follow_the_face_index_and_refuse_missing_genders():
     assert inputs.gender_groups(table, [1, 0, 2, -1]).tolist() == [0, 1, -1, -1]
     with pytest.raises(ValueError, match="gender column"):
         inputs.gender_groups(table.assign(gender=""), [0])
+
+
+def test_sequence_indices_share_one_index_per_subject_sequence():
+    """Frames of one sequence and augmented copies of one face (same uid) share an index;
+    the same sequence name under another subject is another sequence; no source face: -1."""
+    folds = pd.DataFrame({"uid": [0, 1, 2, 3, 0], "subject": ["S1", "S1", "S2", "S2", "S1"],
+                          "sequence": ["001", "001", "001", "002", "001"]})
+    indices = inputs.sequence_indices(folds, [0, 1, 2, 3, -1, 0])
+    assert indices[0] == indices[1] == indices[5] and indices[4] == -1
+    assert len({indices[0], indices[2], indices[3]}) == 3

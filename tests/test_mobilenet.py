@@ -20,7 +20,9 @@ CENTRES = torch.tensor([[1.0, 0.0], [0.0, 0.0], [5.0, 5.0]])
 
 
 def build(num_classes=3, **overrides):
-    return SPEC.build(num_classes, SPEC.hyperparameters({"width": 0.25, **overrides}))
+    """Built and started (init_from loaded) as jobs.train_fold does."""
+    hp = SPEC.hyperparameters({"width": 0.25, **overrides})
+    return SPEC.load_start(SPEC.build(num_classes, hp), hp)
 
 
 def test_center_loss_matches_eq1_by_hand():

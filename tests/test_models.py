@@ -1,3 +1,4 @@
+import inspect
 import math
 
 import numpy as np
@@ -6,7 +7,8 @@ import torch
 from torch import nn
 
 from ferbench import train
-from ferbench.models import REGISTRY, get, parameter_count
+from ferbench.models import REGISTRY, ModelSpec, get, parameter_count
+from ferbench.models.base import FERModel
 from ferbench.models.losses import cross_entropy_fc_l2, fc_l2
 
 
@@ -37,6 +39,60 @@ def test_models_map_a_batch_to_logits(name):
     out = model.eval()(torch.zeros(3, channels, spec.input_size(), spec.input_size()))
     assert out.shape == (3, 7)
     assert parameter_count(model) > 10_000
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_constructors_declare_every_parameter_they_take(name):
+    """No `**_`: a misspelt or training-only key can never be swallowed by a constructor."""
+    kinds = {p.kind for p in inspect.signature(get(name).cls).parameters.values()}
+    assert inspect.Parameter.VAR_KEYWORD not in kinds
+
+
+class Recorder(FERModel):
+    """A linear model that records what it is built with and which rows each batch holds."""
+
+    def __init__(self, num_classes: int, width: float = 1.0):
+        super().__init__()
+        self.built_with = {"width": width}
+        self.linear = nn.Linear(48 * 48, num_classes)
+        self.batches = []
+        self.started_from = None
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))
+
+    def loss(self, logits, targets):
+        return nn.functional.cross_entropy(logits, targets)
+
+    def training_objective(self, x, targets, samples):
+        self.batches.append((x.clone(), samples.clone()))
+        return super().training_objective(x, targets, samples)
+
+    def load_start_weights(self, path, sha256=""):
+        self.started_from = (path, sha256)
+
+
+def test_build_passes_only_declared_parameters_and_load_start_loads_after():
+    spec = ModelSpec("recorder", Recorder, {"width": 0.5, "epochs": 3, "lr": 0.1,
+                                            "init_from": "", "label_smoothing": 0.1},
+                     start_weights=("init_from", ""))
+    hp = spec.hyperparameters({"init_from": "stage1/model.pt"})
+    model = spec.build(3, hp)
+    assert model.built_with == {"width": 0.5} and model.started_from is None
+    assert spec.load_start(model, hp).started_from == ("stage1/model.pt", "")
+    assert spec.load_start(spec.build(3, spec.hyperparameters()), {}).started_from is None
+
+
+def test_the_training_loop_tells_the_model_which_rows_each_batch_holds(tmp_path):
+    torch.manual_seed(0)
+    model = Recorder(3)
+    hp = get("deep_emotion").hyperparameters({"epochs": 1, "batch_size": 16})
+    split = tiny_split()
+    train.fit(model, hp, split, tiny_split(24, 1), tmp_path / "ckpt.pt", seed=0,
+              device=torch.device("cpu"), progress=False)
+    assert sorted(torch.cat([rows for _, rows in model.batches]).tolist()) == list(range(48))
+    for x, rows in model.batches:
+        assert torch.equal(x, train.as_input(split.images[rows], torch.device("cpu")))
 
 
 def test_deepfer_has_seven_convs_four_fcs_and_identity_stn():

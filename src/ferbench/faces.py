@@ -30,6 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ferbench.data.images import read_image
+from ferbench.resize import resize
 
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 HAAR_EYE_CASCADE = "haarcascade_eye.xml"
@@ -174,7 +175,7 @@ def crop_face(image: np.ndarray, box, options: FaceOptions, angle: float = 0.0) 
                               borderMode=cv2.BORDER_REPLICATE)
     else:
         crop = image[y0:y1, x0:x1]
-    crop = cv2.resize(crop, (options.size, options.size), interpolation=cv2.INTER_AREA)
+    crop = resize(crop, options.size)  # area to shrink, bicubic to enlarge a small face
     if options.grayscale:
         crop = normalise(to_gray(crop), options.normalise)
     return crop

@@ -23,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 from ferbench.models import dcgan
+from ferbench.resize import resize
 
 TABLE_COLUMNS = ["uid", "label", "subject", "copy", "augmentation"]
 NO_SOURCE_UID = -1  # a generated face has no source face (and so no subject) to trace back to
@@ -62,10 +63,7 @@ def class_seed(seed: int, fold: int, label: str) -> int:
 def _resized(images: np.ndarray, side: int) -> np.ndarray:
     if images.shape[1] == side:
         return images
-    shrink = images.shape[1] > side
-    interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-    return np.stack([cv2.resize(image, (side, side), interpolation=interpolation)
-                     for image in images])
+    return np.stack([resize(image, side) for image in images])
 
 
 def to_network(faces: np.ndarray, side: int) -> torch.Tensor:

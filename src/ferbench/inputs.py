@@ -67,3 +67,13 @@ def gender_groups(faces_table: pd.DataFrame, uids) -> np.ndarray:
     by_uid = dict(zip(found["face_index"].astype(int),
                       found["gender"].map({g: i for i, g in enumerate(GENDERS)}).fillna(-1)))
     return np.array([by_uid.get(int(uid), -1) for uid in uids], dtype=int)
+
+
+def sequence_indices(folds: pd.DataFrame, uids) -> np.ndarray:
+    """Each face's sequence index by uid (one per (subject, sequence) of the split table;
+    -1: no source face, e.g. a DCGAN sample), so DAM-CNN's decoders can tell another
+    variation from another frame or augmented copy of the same face."""
+    faces = folds.drop_duplicates("uid")
+    codes = pd.MultiIndex.from_frame(faces[["subject", "sequence"]]).factorize()[0]
+    by_uid = dict(zip(faces["uid"].astype(int), codes))
+    return np.array([by_uid.get(int(uid), -1) for uid in uids], dtype=int)

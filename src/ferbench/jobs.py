@@ -182,7 +182,8 @@ def role_split(paths: dict, folds: pd.DataFrame, fold: int, role: str, labels, m
 
 def training_split(paths: dict, labels, model: str, input_size: int) -> train_mod.Split:
     """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
-    with the model's extra channels moved exactly as each augmented face was."""
+    with the model's extra channels moved exactly as each augmented face was, each face's
+    gender (when `paths` names the face table) and sequence (from the split table)."""
     tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
               for key in ("augment_table", "dcgan_table") if paths.get(key)]
     arrays = [np.load(paths[key]) for key in ("augment_array", "dcgan_array") if paths.get(key)]
@@ -192,8 +193,9 @@ def training_split(paths: dict, labels, model: str, input_size: int) -> train_mo
     index = train_mod.class_index(labels)
     groups = (inputs.gender_groups(read_faces_table(paths["faces_table"]), table["uid"])
               if paths.get("faces_table") else None)
+    sequences = inputs.sequence_indices(read_folds(paths["folds"]), table["uid"])
     return train_mod.Split.from_arrays(images, table["label"].map(index).to_numpy(), input_size,
-                                       groups)
+                                       groups, sequences)
 
 
 def study_tags(study: dict) -> dict:
@@ -223,7 +225,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
     val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
                               spec.input_size(hp))
-    model = spec.build(len(labels), hp)
+    model = spec.load_start(spec.build(len(labels), hp), hp)
     autocast = train_mod.autocast_dtype(config["mixed_precision"], device, model)
     precision = str(autocast or torch.float32).removeprefix("torch.")
 
@@ -302,10 +304,7 @@ def load_model(path, device: torch.device | None = None):
     """A trained model and its labels from a `model.pt` written by train_fold."""
     saved = torch.load(path, map_location="cpu", weights_only=False)
     # The state dict holds every weight: what the model started from is not read again.
-    hp = {**saved["hyperparameters"]}
-    if "init_from" in hp:
-        hp["init_from"] = ""
-    model = models.get(saved["model"]).build(len(saved["labels"]), hp)
+    model = models.get(saved["model"]).build(len(saved["labels"]), saved["hyperparameters"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device or torch.device("cpu")).eval(), saved
 

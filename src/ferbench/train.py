@@ -12,15 +12,15 @@ import contextlib
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from ferbench.resize import resize
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -74,27 +74,35 @@ class Split:
     """Images (N, C, S, S) uint8 and integer targets, resized once to the model's input size.
 
     C is 1 (the face) plus the model's extra channels (inputs.stack_channels). `groups`, when
-    known, is each face's gender index (-1: unknown), for DAM-CNN's gender-bound decoders."""
+    known, is each face's gender index (-1: unknown), for DAM-CNN's gender-bound decoders;
+    `sequences` each face's sequence index (-1: none, e.g. a DCGAN face), shared by the
+    frames of one sequence and the augmented copies of one face, so DAM-CNN's decoders can
+    be given a target that is another variation, not another copy of the same face."""
 
     images: torch.Tensor
     targets: torch.Tensor
     groups: torch.Tensor | None = None
+    sequences: torch.Tensor | None = None
 
     @classmethod
-    def from_arrays(cls, faces: np.ndarray, targets, input_size: int, groups=None) -> "Split":
-        """`faces` is (N, S, S) or (N, C, S, S) uint8."""
+    def from_arrays(cls, faces: np.ndarray, targets, input_size: int, groups=None,
+                    sequences=None) -> "Split":
+        """`faces` is (N, S, S) or (N, C, S, S) uint8, resized by ferbench.resize."""
         faces = faces[:, None] if faces.ndim == 3 else faces
         if len(faces) and faces.shape[-1] != input_size:
-            faces = np.stack([[cv2.resize(channel, (input_size, input_size),
-                                          interpolation=cv2.INTER_AREA) for channel in face]
+            faces = np.stack([[resize(channel, input_size) for channel in face]
                               for face in faces])
         faces = faces.reshape(len(faces), -1, input_size, input_size)
         return cls(torch.from_numpy(np.ascontiguousarray(faces)),
                    torch.as_tensor(np.array(targets), dtype=torch.long),
-                   None if groups is None else torch.as_tensor(np.array(groups), dtype=torch.long))
+                   _indices(groups), _indices(sequences))
 
     def __len__(self) -> int:
         return len(self.targets)
+
+
+def _indices(values) -> torch.Tensor | None:
+    return None if values is None else torch.as_tensor(np.array(values), dtype=torch.long)
 
 
 def on_device(split: Split, device: torch.device) -> Split:
@@ -110,7 +118,7 @@ def on_device(split: Split, device: torch.device) -> Split:
     free, _ = torch.cuda.mem_get_info(device)
     move = (lambda t: t.to(device)) if split.images.numel() < free // 4 else \
         (lambda t: t.pin_memory())
-    return Split(move(split.images), move(split.targets), split.groups)
+    return replace(split, images=move(split.images), targets=move(split.targets))
 
 
 def autocast_dtype(setting: str, device: torch.device, model: torch.nn.Module
@@ -224,7 +232,8 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         # The job's log says so: after a kill, the epochs before this one are not retrained.
         print(f"resumed from epoch {state['epoch']} of {hp['epochs']} ({checkpoint})",
               flush=True)
-    model.prepare(train.images, train.targets, train.groups)  # after a resume too: not saved
+    model.prepare(train.images, train.targets, train.groups,  # after a resume too: not saved
+                  train.sequences)
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
                disable=not progress)
     while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:
@@ -291,7 +300,7 @@ def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: i
         x = as_input(train.images[idx], device)
         y = train.targets[idx].to(device, non_blocking=True)
         with precision(device, autocast):
-            loss, logits = model.objective(x, y)
+            loss, logits = model.training_objective(x, y, idx)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

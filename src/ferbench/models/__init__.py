@@ -25,6 +25,13 @@ class ModelSpec:
     step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
     `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
+    `start_weights` names the hyperparameters (path, sha256) of the weights training starts
+    from, which `load_start` loads into a built model (the sha256 name may be empty).
+
+    Constructors take only the model's own parameters: `build` passes each hyperparameter the
+    constructor declares and keeps the training ones (epochs, lr, ...) and the weights a run
+    starts from to itself, so a model restored from its own `model.pt` is built without
+    reading those weights again.
     """
 
     name: str
@@ -34,6 +41,7 @@ class ModelSpec:
     fixed: dict = field(default_factory=dict)
     starts_from: str = ""
     trains_on_dcgan: bool = False
+    start_weights: tuple[str, str] = ()
 
     @property
     def can_pretrain(self) -> bool:
@@ -62,11 +70,17 @@ class ModelSpec:
         return getattr(self.cls, "closed_form", False)
 
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
-        """The model, given the recipe's keys its constructor declares (the others, such
-        as lr or epochs, are the training loop's)."""
+        """The model with fresh weights, given the hyperparameters its constructor declares."""
         declared = inspect.signature(self.cls).parameters
-        own = {k: v for k, v in hyperparameters.items() if k in declared}
+        own = {key: value for key, value in hyperparameters.items() if key in declared}
         return self.cls(num_classes, **own, **self.fixed)
+
+    def load_start(self, model: nn.Module, hyperparameters: dict) -> nn.Module:
+        """`model` with the weights training starts from loaded, when the config names any."""
+        if self.start_weights and hyperparameters.get(self.start_weights[0]):
+            path, sha256 = self.start_weights
+            model.load_start_weights(hyperparameters[path], hyperparameters.get(sha256, ""))
+        return model
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -75,12 +89,14 @@ REGISTRY: dict[str, ModelSpec] = {
     "deep_emotion": ModelSpec("deep_emotion", deep_emotion.DeepEmotion, deep_emotion.DEFAULTS,
                               "Minaee & Abdolrashidi 2019 (DeepFER's baseline)"),
     "vgg_serd": ModelSpec("vgg_serd", damcnn.DAMCNN, damcnn.VGG_SERD_DEFAULTS,
-                          "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1}),
+                          "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1},
+                          start_weights=("pretrained", "pretrained_sha256")),
     "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS,
                         "dam-cnn-serd-mpvs.txt (step 2)", fixed={"step": 2},
-                        starts_from="vgg_serd"),
+                        starts_from="vgg_serd", start_weights=("init_from", "")),
     "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
-                              "mobilenet-center-loss-realtime-fer.txt"),
+                              "mobilenet-center-loss-realtime-fer.txt",
+                              start_weights=("init_from", "init_sha256")),
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
                            "e2-capsnet-au-attention.txt"),
     "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,

@@ -16,21 +16,38 @@ class FERModel(nn.Module):
     capsule decoder's reconstruction) compute it from their own intermediate results.
     """
 
+    def load_start_weights(self, path: str, sha256: str = "") -> None:
+        """Load the weights training starts from (ModelSpec.load_start calls it after building,
+        for models whose registry entry names `start_weights`); never called for a model
+        restored from its own state dict."""
+        raise NotImplementedError(f"{type(self).__name__} starts from no weights")
+
     def prepare(self, images: torch.Tensor, targets: torch.Tensor,
-                groups: torch.Tensor | None = None) -> None:
+                groups: torch.Tensor | None = None,
+                sequences: torch.Tensor | None = None) -> None:
         """See the whole training split once before training starts (and again after a resume).
 
         `images` are the split's uint8 (N, C, S, S) faces, `targets` their class indices,
-        `groups` each face's gender index (-1: unknown) when the dataset records one. A
-        model whose loss needs other training samples than the batch (DAM-CNN's decoders
-        reconstruct same-class samples) caches what it needs here; it must not change any
-        parameter, so a resumed run stays identical. The default does nothing.
+        `groups` each face's gender index (-1: unknown) when the dataset records one,
+        `sequences` each face's sequence index (-1: none). A model whose loss needs other
+        training samples than the batch (DAM-CNN's decoders reconstruct same-class samples)
+        caches what it needs here; it must not change any parameter, so a resumed run stays
+        identical. The default does nothing.
         """
 
     def objective(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one batch; the default is `loss(forward(x), targets)`."""
         logits = self(x)
         return self.loss(logits, targets), logits
+
+    def training_objective(self, x: torch.Tensor, targets: torch.Tensor,
+                           samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`objective` of a training batch whose rows are `samples` of the prepared split.
+
+        A model that fixed something per training sample in `prepare` (DAM-CNN's decoder
+        targets) looks it up by these indices; the default ignores them.
+        """
+        return self.objective(x, targets)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines neither loss nor objective")

@@ -12,9 +12,17 @@ Enhancement module 2: the 512x7x7 maps go through a 2x2 conv, stride 1, to 256x6
 32 x 8, so that conv *is* the PrimaryCaps conv, and its 6x6x32 = 1152 capsules match Sabour et
 al.'s PrimaryCaps exactly. Three routing iterations (Sabour et al. Procedure 1, Eq. 2-3) lead to
 one 16D FaceCap per class; the class score is the capsule's length, squashed by Eq. 2. The
-decoder (Sabour et al.: FC 512, FC 1024, FC sigmoid) reconstructs a `reconstruction_size`
-grayscale face, mapped to [0, 1], from the FaceCaps with all but the true class's masked.
+decoder (Sabour et al.: FC 512, FC 1024, FC sigmoid) reconstructs the grayscale face, mapped
+to [0, 1], from the FaceCaps with all but the true class's masked.
 Loss: L = L_c + 0.0005 L_r (Eq. 3-5), margin loss with m+ 0.9, m- 0.1, lambda 0.5.
+
+Reconstruction size: Eq. 4 compares the reconstruction with "the original image", the
+224x224 input, so L_r sums 50176 squared pixel errors, and 0.0005 weighs that sum against L_c.
+A last FC layer of 1024 x 50176 would hold 51M weights (3.5x VGG16's convs), so the decoder
+outputs `reconstruction_size` (28, Sabour et al.'s) pixels a side, enlarged bilinearly to the
+input's side, and L_r is summed over the input's pixels: the term weighs what the paper's
+does (summing at 28x28, as before, made it (224/28)^2 = 64x lighter) at the cost of a 28x28
+decoder.
 
 Ablations (E2-Capsnet Table 1): `vgg16` (trunk + VGG's FC classifier, cross-entropy),
 `avggnet` (the attentive trunk + FC classifier), `rccnet` (trunk + capsules, no attention) and
@@ -159,14 +167,19 @@ class CapsuleHead(nn.Module):
         side = self.reconstruction_size
         return self.decoder((capsules * mask).flatten(1)).view(-1, 1, side, side)
 
+    def full_size_reconstruction(self, capsules: torch.Tensor, labels: torch.Tensor,
+                                 side: int) -> torch.Tensor:
+        """(B, 1, side, side): `reconstruct`'s face enlarged bilinearly to the input's side."""
+        return F.interpolate(self.reconstruct(capsules, labels), size=(side, side),
+                             mode="bilinear", align_corners=False)
+
     def objective(self, features, face, targets):
-        """L = L_c + 0.0005 L_r (Eq. 5) against the face downscaled to [0, 1]."""
+        """L = L_c + 0.0005 L_r (Eq. 5), L_r over the input face's pixels mapped to [0, 1]."""
         capsules = self.capsules(features)
         lengths = capsules.norm(dim=-1)
-        target_face = F.interpolate((face + 1) / 2, size=(self.reconstruction_size,) * 2,
-                                    mode="area")
+        reconstruction = self.full_size_reconstruction(capsules, targets, face.shape[-1])
         loss = margin_loss(lengths, targets) + self.reconstruction_weight * reconstruction_loss(
-            self.reconstruct(capsules, targets), target_face)
+            reconstruction, (face + 1) / 2)
         return loss, lengths
 
     def representations(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -276,7 +289,7 @@ class VGGExpressionNet(FeaturesAndHead):
 
     def __init__(self, num_classes: int, width: float = 1.0, input_size: int = 224,
                  routing_iterations: int = 3, reconstruction_size: int = 28,
-                 reconstruction_weight: float = 0.0005, dropout: float = 0.5, **_):
+                 reconstruction_weight: float = 0.0005, dropout: float = 0.5):
         super().__init__()
         self.enhance = AttentiveVGG(self.layout, width, attention=bool(self.extra_channels))
         side, channels = input_size // 32, self.enhance.out_channels
@@ -327,7 +340,7 @@ class CapsNet(FeaturesAndHead):
 
     def __init__(self, num_classes: int, width: float = 1.0, input_size: int = 28,
                  routing_iterations: int = 3, reconstruction_size: int = 28,
-                 reconstruction_weight: float = 0.0005, **_):
+                 reconstruction_weight: float = 0.0005):
         super().__init__()
         channels = scaled_channels(256, width)
         self.conv = nn.Sequential(nn.Conv2d(1, channels, kernel_size=9), nn.ReLU(inplace=True))

@@ -13,8 +13,11 @@ workflow runs them as two jobs joined by a DAG edge (`ModelSpec.starts_from`):
    layers on cross-entropy alone (Eq. 10).
 
 VGG-Face weights (`pretrained`, a path or URL checked against `pretrained_sha256`) start
-step 1's trunk; without them it starts from random init. Step 2 takes all of its trunk and
-SERD from `init_from`.
+step 1: its conv trunk and fc6, fc7 are loaded and only fc8 is new, sized for the K classes
+("we reshape and reinitialize the last fully-connected layer", Section 3.1); without them
+step 1 starts from random init. Step 2 takes all of its trunk and SERD from `init_from`.
+Both are loaded after building (`load_start_weights`, called by ModelSpec.load_start), so a
+trained model is rebuilt from its own state dict without them.
 
 Decisions where the paper is silent: it names learning rates only (alpha_S = 1e-5 for
 VGG-SERD, alpha_M = alpha_fc = 1e-4 for MPVS-Net), so DEFAULTS take SGD with momentum 0.9 (the
@@ -24,12 +27,25 @@ and 1e-4 for `damcnn`. Dropout 0.5 acts on the MPAE code and after every hidden 
 `width` scales the trunk's channels and the 4096-wide layers alike, and the flattened feature
 size (512 x 7 x 7 = 25088 at 224) follows from `input_size` and `width`, so tests run tiny.
 
+Decoder targets (Section 3.3.1 and the text after Algorithm 1): each training sample s_i
+gets, for each decoder j, one target s_i^j of its class, drawn once before step 2 and kept
+for the whole training (the paper stores the pairs (s_i, s_i^j)). The target must share only the expression, so it is
+never the sample itself nor any face of the sample's sequence (its other frames, and every
+augmented copy of it: the workflow passes each face's sequence as `prepare`'s sequences).
+A class whose faces all come from one sequence has no such target: its faces fall back to
+another face of their sequence (or, alone in their class, to themselves), and the job's log
+says how many did. The draw is seeded by the run's seed (torch.initial_seed(), which
+train.make_deterministic sets), so a resumed run fixes the same pairs. Validation faces are
+not in the prepared split: their targets are drawn per batch among all training faces of
+their class, from the RNG the training loop re-seeds every epoch.
+
 Gender-bound decoders (`gender_bound`, the paper's DAM-CNN-g, Section 4.3.2, where N = 2
 decoders each reconstruct a same-class sample of one gender): decoder j draws from gender
 j mod G among the training samples of the class, so variations other than gender are
 suppressed while the code keeps what tells the genders apart. The workflow passes each
-training sample's gender as `prepare`'s groups; a class with no sample of that gender falls
-back to the whole class. Samples without a gender (DCGAN faces) are never drawn for a gender.
+training sample's gender as `prepare`'s groups; a class with no sample of that gender (outside
+the sample's sequence) falls back to the whole class. Samples without a gender (DCGAN faces)
+are never drawn for a gender.
 """
 
 from __future__ import annotations
@@ -140,27 +156,46 @@ class _ScaleGradient(torch.autograd.Function):
         return grad * ctx.factor, None
 
 
-class _Buckets:
-    """Sample indices grouped by an integer key, for uniform draws within a key."""
+def _draw(sample_keys: torch.Tensor, sample_exclusions: torch.Tensor, query_keys: torch.Tensor,
+          query_exclusions: torch.Tensor, uniform: torch.Tensor
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, found): for each query, a sample whose key is the query's and whose exclusion
+    value differs from the query's, picked by `uniform` in [0, 1); `found` is False where no
+    sample qualifies. Exclusion values are >= 0; a query's -1 excludes nothing.
 
-    def __init__(self, keys: torch.Tensor, count: int):
-        self.members = torch.argsort(keys, stable=True)
-        self.sizes = torch.bincount(keys, minlength=count)
-        self.starts = self.sizes.cumsum(0) - self.sizes
+    Samples are sorted by (key, exclusion), so a query's candidates are its key's run minus
+    the block of its exclusion value, and the pick skips that block.
+    """
+    span = int(sample_exclusions.max()) + 2  # value span - 1 is no sample's: what -1 excludes
+    ordered, order = torch.sort(sample_keys * span + sample_exclusions, stable=True)
+    base = query_keys * span
+    start, end = torch.searchsorted(ordered, base), torch.searchsorted(ordered, base + span)
+    excluded = base + torch.where(query_exclusions >= 0, query_exclusions, span - 1)
+    low = torch.searchsorted(ordered, excluded)
+    skipped = torch.searchsorted(ordered, excluded, right=True) - low
+    available = end - start - skipped
+    position = start + torch.minimum((uniform * available).long(), (available - 1).clamp(min=0))
+    position = torch.where(position >= low, position + skipped, position)
+    return order[position.clamp(max=len(order) - 1)], available > 0
 
-    def draw(self, keys: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
-        """A member of each key's bucket, picked by `uniform` in [0, 1) (empty buckets: 0)."""
-        sizes = self.sizes[keys]
-        offsets = torch.minimum((uniform * sizes).long(), (sizes - 1).clamp(min=0))
-        return self.members[(self.starts[keys] + offsets).clamp(max=len(self.members) - 1)]
+
+def _first_drawn(levels, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, level): each query's draw from the first of `levels` (arguments of `_draw`,
+    most demanding first) that has a candidate, and that level's index (len(levels): none)."""
+    drawn = torch.zeros(uniform.shape, dtype=torch.long)
+    level = torch.full(uniform.shape, len(levels))
+    for index, arguments in enumerate(levels):
+        indices, found = _draw(*arguments, uniform)
+        take = found & (level == len(levels))
+        drawn, level = torch.where(take, indices, drawn), torch.where(take, index, level)
+    return drawn, level
 
 
 class DAMCNN(FERModel):
-    def __init__(self, num_classes: int, step: int = 1, init_from: str = "",
-                 pretrained: str = "", pretrained_sha256: str = "", decoders: int = 5,
+    def __init__(self, num_classes: int, step: int = 1, decoders: int = 5,
                  lambda_ce: float = 20.0, gamma1: float = 1e-3, gamma2: float = 1e-4,
                  dropout: float = 0.5, width: float = 1.0, input_size: int = 224,
-                 gender_bound: bool = False, **_):
+                 gender_bound: bool = False):
         super().__init__()
         if step not in (1, 2):
             raise ValueError(f"damcnn step must be 1 (VGG-SERD) or 2 (MPVS-Net), got {step!r}")
@@ -169,8 +204,7 @@ class DAMCNN(FERModel):
                              f"got {input_size}")
         if decoders < 1:
             raise ValueError(f"MPVS-Net needs at least one decoder, got {decoders}")
-        self.step, self.num_classes = step, num_classes
-        self.init_from, self.gender_bound = init_from, gender_bound
+        self.step, self.num_classes, self.gender_bound = step, num_classes, gender_bound
         self.lambda_ce, self.gamma1, self.gamma2 = lambda_ce, gamma1, gamma2
         self.trunk = VGGTrunk("vgg16", in_channels=1, width=width)
         self.serd = SERD(self.trunk.out_channels)
@@ -182,15 +216,22 @@ class DAMCNN(FERModel):
                 nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                 nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
                 nn.Linear(hidden, num_classes))
-            if pretrained:
-                load_pretrained(self.trunk, pretrained, pretrained_sha256)
         else:
             self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
-            if init_from:  # empty when a trained damcnn is loaded from its own state dict
-                self._load_vgg_serd(init_from)
             for frozen in (self.trunk, self.serd):
                 frozen.requires_grad_(False)
+        self._loaded_step1 = False
         self._target_features: torch.Tensor | None = None
+        self._fixed_targets: torch.Tensor | None = None
+
+    def load_start_weights(self, path: str, sha256: str = "") -> None:
+        """Step 1: VGG-Face's conv trunk, fc6 and fc7 (fc8 stays new). Step 2: the trunk and
+        SERD of the fold's step-1 `model.pt` (`init_from`)."""
+        if self.step == 1:
+            load_pretrained(self.trunk, path, sha256, fully_connected=(self.head[0], self.head[3]))
+        else:
+            self._load_vgg_serd(path)
+            self._loaded_step1 = True
 
     def _load_vgg_serd(self, path: str) -> None:
         """Trunk and SERD weights from a step-1 `model.pt` (jobs.train_fold's format)."""
@@ -220,7 +261,15 @@ class DAMCNN(FERModel):
         return self.mpvs.classify(self.mpvs.encode(salient))
 
     def objective(self, x: torch.Tensor, targets: torch.Tensor):
-        """Step 1: Eq. 4. Step 2: Eq. 11 for the MPAE and Eq. 10 for the FC layers."""
+        """Step 1: Eq. 4. Step 2: Eq. 11 for the MPAE and Eq. 10 for the FC layers, against
+        targets drawn for this batch (validation faces are not in the prepared split)."""
+        return self._objective(x, targets, None)
+
+    def training_objective(self, x: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor):
+        """`objective` against the targets fixed for these training samples in `prepare`."""
+        return self._objective(x, targets, samples)
+
+    def _objective(self, x: torch.Tensor, targets: torch.Tensor, samples: torch.Tensor | None):
         salient, mask = self.salient_features(x)
         if self.step == 1:
             logits = self.head(salient)
@@ -232,23 +281,26 @@ class DAMCNN(FERModel):
         # while the FC layers learn from the plain cross-entropy (Eq. 10).
         logits = self.mpvs.classify(_ScaleGradient.apply(code, self.lambda_ce))
         cross_entropy = F.cross_entropy(logits, targets)
-        reconstruction = mpae_reconstruction(self.mpvs.decode(code),
-                                             self.reconstruction_targets(targets).to(code.device))
+        wanted = (self.reconstruction_targets(targets) if samples is None
+                  else self._target_features[self.fixed_targets(samples)])
+        reconstruction = mpae_reconstruction(self.mpvs.decode(code), wanted.to(code.device))
         # Reported value: Eq. 11's J_all + lambda L_ce; the detached part adds no gradient.
         loss = reconstruction + cross_entropy + (self.lambda_ce - 1) * cross_entropy.detach()
         return loss, logits
 
     def prepare(self, images: torch.Tensor, targets: torch.Tensor,
-                groups: torch.Tensor | None = None) -> None:
-        """Step 2: cache every training sample's salient features, grouped by class.
+                groups: torch.Tensor | None = None,
+                sequences: torch.Tensor | None = None) -> None:
+        """Step 2: cache every training sample's salient features and fix its decoder targets.
 
-        Trunk and SERD are frozen, so these are the decoders' fixed targets s_i^j (the paper
-        stores them before step 2). They stay on the CPU (N x D floats) and are not saved.
-        `groups` is each sample's gender index (-1: none), needed when `gender_bound`.
+        Trunk and SERD are frozen, so the features are the decoders' fixed targets s_i^j. They
+        stay on the CPU (N x D floats) and are not saved. `groups` is each sample's gender
+        index (-1: none), needed when `gender_bound`; `sequences` each sample's sequence
+        (-1: none; without them each sample is its own sequence).
         """
         if self.step == 1:
             return
-        if not self.init_from:
+        if not self._loaded_step1:
             raise ValueError("damcnn trains MPVS-Net on the frozen VGG-SERD of step 1: "
                              "set init_from to a vgg_serd model.pt")
         if self.gender_bound and groups is None:
@@ -264,43 +316,81 @@ class DAMCNN(FERModel):
                 self.salient_features(as_input(images[start:start + PREPARE_BATCH], device))[0]
                 .cpu() for start in range(0, len(images), PREPARE_BATCH)])
         self.train(was_training)
-        targets = targets.cpu()
-        self._by_class = _Buckets(targets, self.num_classes)
+        self._labels = targets.cpu()
+        self._genders = groups.cpu() if self.gender_bound else None
+        self._fix_targets(sequences)
+
+    def _fix_targets(self, sequences: torch.Tensor | None) -> None:
+        """Draw each training sample's N targets once, outside its sequence where possible."""
+        count = len(self._labels)
+        own = torch.arange(count)
+        if sequences is None:
+            sequences = own
+        else:  # faces without a sequence are each their own; then number them 0, 1, ...
+            sequences = sequences.cpu()
+            sequences = torch.where(sequences >= 0, sequences, sequences.max() + 1 + own)
+            sequences = torch.unique(sequences, return_inverse=True)[1]
+        generator = torch.Generator().manual_seed(torch.initial_seed())
+        uniform = torch.rand(len(self.mpvs.decoders), count, generator=generator)
+        labels = self._labels.expand_as(uniform)
+        outside = [(sequences, sequences.expand_as(uniform))]
+        levels = [*self._levels(labels, outside),
+                  (self._labels, own, labels, own.expand_as(uniform)),    # not itself
+                  (self._labels, own, labels, torch.full_like(labels, -1))]  # alone: itself
+        self._fixed_targets, level = _first_drawn(levels, uniform)
+        inside = (level >= len(levels) - 2).any(0)
+        if inside.any():
+            print(f"damcnn: {int(inside.sum())} of {count} training faces have no same-class "
+                  f"face outside their own sequence to reconstruct; they reconstruct another "
+                  f"face of it (or, alone in their class, themselves)", flush=True)
+
+    def _levels(self, labels: torch.Tensor, exclusions: list) -> list:
+        """`_draw` arguments for the class's samples of decoder j's gender (when
+        `gender_bound`), then for all of the class's samples, under each exclusion."""
+        gender_keys = []
         if self.gender_bound:
-            groups = groups.cpu()
-            self._genders = int(groups.max()) + 1
-            # Bucket (class, gender) = class * G + gender; samples without a gender go last.
-            bucket = torch.where(groups >= 0, targets * self._genders + groups,
-                                 self.num_classes * self._genders)
-            self._by_gender = _Buckets(bucket, self.num_classes * self._genders + 1)
+            genders = int(self._genders.max()) + 1
+            # Key (class, gender) = class * G + gender; samples without a gender go last.
+            own_keys = torch.where(self._genders >= 0, self._labels * genders + self._genders,
+                                   self.num_classes * genders)
+            decoder_gender = torch.arange(len(self.mpvs.decoders))[:, None] % genders
+            gender_keys = [(own_keys, labels * genders + decoder_gender)]
+        return [(sample_keys, sample_exclusions, query_keys, query_exclusions)
+                for sample_keys, query_keys in [*gender_keys, (self._labels, labels)]
+                for sample_exclusions, query_exclusions in exclusions]
+
+    def fixed_targets(self, samples: torch.Tensor) -> torch.Tensor:
+        """(N, B) indices into the prepared split: decoder j's fixed target for each sample."""
+        if self._fixed_targets is None:
+            raise RuntimeError("damcnn step 2 needs prepare(train images, targets) before "
+                               "its objective (train.fit calls it)")
+        return self._fixed_targets[:, samples.cpu()]
 
     def reconstruction_targets(self, labels: torch.Tensor) -> torch.Tensor:
-        """(N, B, D) cached salient features s_i^j the decoders must rebuild (Eq. 8)."""
+        """(N, B) cached salient features s_i^j the decoders must rebuild (Eq. 8) for faces
+        outside the prepared split, drawn by `same_class_samples`."""
         return self._target_features[self.same_class_samples(labels)]
 
     def same_class_samples(self, labels: torch.Tensor) -> torch.Tensor:
-        """(N, B) indices into the prepared split: decoder j's target for each batch sample.
+        """(N, B) indices into the prepared split, drawn for faces outside it (validation).
 
-        Uniform over the training samples of the sample's class (Section 3.3.1). A generator
-        seeded from the global RNG makes the draw device-independent; the training loop
-        re-seeds that RNG every epoch, so a resumed epoch draws the same targets.
+        Uniform over the training samples of the sample's class (of decoder j's gender when
+        `gender_bound`). A generator seeded from the global RNG makes the draw
+        device-independent; the training loop re-seeds that RNG every epoch.
         """
         if self._target_features is None:
             raise RuntimeError("damcnn step 2 needs prepare(train images, targets) before "
                                "its objective (train.fit calls it)")
         labels = labels.cpu()
-        if (self._by_class.sizes[labels] == 0).any():
-            missing = sorted(set(labels[self._by_class.sizes[labels] == 0].tolist()))
+        sizes = torch.bincount(self._labels, minlength=self.num_classes)
+        if (sizes[labels] == 0).any():
+            missing = sorted(set(labels[sizes[labels] == 0].tolist()))
             raise ValueError(f"no training sample of class {missing} to reconstruct")
         generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
         uniform = torch.rand(len(self.mpvs.decoders), len(labels), generator=generator)
-        drawn = self._by_class.draw(labels.expand_as(uniform), uniform)
-        if self.gender_bound:
-            decoder_gender = torch.arange(len(self.mpvs.decoders))[:, None] % self._genders
-            bucket = labels * self._genders + decoder_gender
-            has_gender = self._by_gender.sizes[bucket] > 0
-            drawn = torch.where(has_gender, self._by_gender.draw(bucket, uniform), drawn)
-        return drawn
+        labels = labels.expand_as(uniform)
+        anything = [(torch.zeros_like(self._labels), torch.full_like(labels, -1))]
+        return _first_drawn(self._levels(labels, anything), uniform)[0]
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """SERD's mask M (Eq. 1) at the trunk's resolution (the caller upsamples it bilinearly,

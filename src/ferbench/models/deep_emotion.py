@@ -29,7 +29,7 @@ DEFAULTS = {
 
 class DeepEmotion(FERModel):
     def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-3,
-                 input_size: int = 48, **_):
+                 input_size: int = 48):
         super().__init__()
         self.l2_lambda = l2_lambda
         self.stn = SpatialTransformer(1, input_size)

@@ -43,7 +43,7 @@ def _conv(cin: int, cout: int) -> nn.Conv2d:
 
 class DeepFER(FERModel):
     def __init__(self, num_classes: int, dropout: float = 0.5, l2_lambda: float = 1e-4,
-                 width: float = 1.0, input_size: int = 48, **_):
+                 width: float = 1.0, input_size: int = 48):
         super().__init__()
         if input_size % 8:
             raise ValueError(f"deepfer needs an input size divisible by 8 (three 2x2 pools), "

@@ -21,7 +21,8 @@ in training mode, and they are saved with the weights, so a resumed run continue
 
 Two-stage fine-tuning (§3.2.2): `init_from` names the weights a run starts from, either a
 `model.pt` written by ferbench (stage 2 starts from the FER2013 stage), or ImageNet
-MobileNetV1 weights (a path or URL checked against `init_sha256`). Only the conv/BN backbone
+MobileNetV1 weights (a path or URL checked against `init_sha256`), loaded after building by
+`ModelSpec.load_start`. Only the conv/BN backbone
 is transferred; the classifier and centres are always new ("the last fully connected layers
 are both replaced"). A layer whose shape differs (an RGB first conv, which the paper
 re-initialises) keeps its initialisation and is listed in the job's log.
@@ -84,8 +85,7 @@ def _depthwise_separable(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class MobileNetCL(FERModel):
     def __init__(self, num_classes: int, dropout: float = 0.5, center_lambda: float = 0.001,
-                 center_alpha: float = 0.001, width: float = 1.0, init_from: str = "",
-                 init_sha256: str = "", **_):
+                 center_alpha: float = 0.001, width: float = 1.0):
         super().__init__()
         self.center_lambda = center_lambda
         self.center_alpha = center_alpha
@@ -98,8 +98,6 @@ class MobileNetCL(FERModel):
         self.classifier = nn.Linear(scaled[-1], num_classes)
         self.register_buffer("centres", torch.zeros(num_classes, scaled[-1]))
         self._initialise()
-        if init_from:
-            self.load_backbone(init_from, init_sha256)
 
     def _initialise(self) -> None:
         """Gaussian conv weights (the paper re-initialises the first conv "from a Gaussian")."""
@@ -132,8 +130,8 @@ class MobileNetCL(FERModel):
             self.centres.copy_(update_centres(features, targets, self.centres, self.center_alpha))
         return loss, logits
 
-    def load_backbone(self, init_from: str, init_sha256: str = "") -> list[str]:
-        """Copy conv/BN weights from a checkpoint, layer by layer in network order.
+    def load_start_weights(self, init_from: str, init_sha256: str = "") -> list[str]:
+        """`init_from`: copy conv/BN weights from a checkpoint, layer by layer in network order.
 
         Returns (and prints, for the job's log) the layers left at their initialisation
         because their shapes differ. Names are not compared: ImageNet MobileNetV1 ports name

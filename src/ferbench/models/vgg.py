@@ -13,6 +13,7 @@ lets the signal fade through 13-16 plain ReLU layers.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -64,39 +65,56 @@ class VGGTrunk(nn.Module):
         return x
 
 
-def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str) -> VGGTrunk:
-    """Copy the conv (and batch-norm) weights of a VGG state dict into `trunk`, in order.
+def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str,
+                    fully_connected: Sequence[nn.Linear] = ()) -> VGGTrunk:
+    """Copy the conv (and batch-norm) weights of a VGG state dict into `trunk`, in order, and
+    its first fully connected layers into `fully_connected` (DAM-CNN keeps VGG-Face's fc6
+    and fc7); the file's other fully connected layers are ignored.
 
     Any state dict whose conv layers come in VGG order fits (torchvision's `vgg16-*.pth`,
-    a converted VGG-Face file); its 2D classifier weights are ignored. Every shape is checked
+    a converted VGG-Face file with fc6-fc8 as 2D linear weights). Every shape is checked
     before anything is copied. A 3-channel first conv loaded into a 1-channel trunk is
     averaged over RGB, so the grayscale face sees the mean of the colour filters.
     """
     state = torch.load(weights_file(path_or_url, sha256), map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state)
-    source = [layer for layer in layers_by_module(state)
-              if layer.get("weight") is not None and (layer["weight"].dim() == 4
-                                                      or "running_mean" in layer)]
+    layers = [layer for layer in layers_by_module(state.get("state_dict", state))
+              if layer.get("weight") is not None]
+    convs = [layer for layer in layers if layer["weight"].dim() == 4 or "running_mean" in layer]
+    linears = [layer for layer in layers if layer["weight"].dim() == 2]
     target = [m for m in trunk.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    if len(source) != len(target):
-        raise ValueError(f"{path_or_url} has {len(source)} conv/batch-norm layers, "
+    if len(convs) != len(target):
+        raise ValueError(f"{path_or_url} has {len(convs)} conv/batch-norm layers, "
                          f"the {trunk.layout} trunk {len(target)}")
-    copies = []
-    for index, (tensors, module) in enumerate(zip(source, target)):
-        for name, own in module.state_dict().items():
-            if name == "num_batches_tracked":
-                continue
-            if name not in tensors:
-                raise ValueError(f"layer {index} of {path_or_url} lacks {name!r} "
-                                 f"(a {type(module).__name__} needs it)")
-            value = tensors[name]
-            if index == 0 and name == "weight" and value.shape[1] == 3 and own.shape[1] == 1:
-                value = value.mean(dim=1, keepdim=True)
-            if value.shape != own.shape:
-                raise ValueError(f"layer {index} {name}: {path_or_url} has "
-                                 f"{tuple(value.shape)}, the trunk {tuple(own.shape)}")
-            copies.append((getattr(module, name), value))
+    if len(linears) < len(fully_connected):
+        raise ValueError(f"{path_or_url} has {len(linears)} fully connected layers, "
+                         f"{len(fully_connected)} are to be loaded")
+    copies = [copy for index, (tensors, module) in enumerate(zip(convs, target))
+              for copy in _copies(tensors, module, f"layer {index}", path_or_url,
+                                  average_rgb=index == 0)]
+    copies += [copy for index, (tensors, module) in enumerate(zip(linears, fully_connected))
+               for copy in _copies(tensors, module, f"fully connected layer {index}",
+                                   path_or_url)]
     with torch.no_grad():
         for own, value in copies:
             own.copy_(value)
     return trunk
+
+
+def _copies(tensors: dict, module: nn.Module, label: str, source,
+            average_rgb: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(own tensor, file tensor) pairs of one layer, every shape checked."""
+    copies = []
+    for name, own in module.state_dict().items():
+        if name == "num_batches_tracked":
+            continue
+        if name not in tensors:
+            raise ValueError(f"{label} of {source} lacks {name!r} "
+                             f"(a {type(module).__name__} needs it)")
+        value = tensors[name]
+        if average_rgb and name == "weight" and value.shape[1] == 3 and own.shape[1] == 1:
+            value = value.mean(dim=1, keepdim=True)
+        if value.shape != own.shape:
+            raise ValueError(f"{label} {name}: {source} has {tuple(value.shape)}, "
+                             f"the model {tuple(own.shape)}")
+        copies.append((getattr(module, name), value))
+    return copies
