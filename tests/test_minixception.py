@@ -270,8 +270,11 @@ def test_every_model_names_its_start():
     assert describe(get("mobilenet_cl"), unchecked) == "weights /w/mine.pt"
 
 
-def test_an_evaluation_only_model_cannot_be_a_pretraining_stage():
+def test_an_evaluation_only_model_neither_trains_nor_pretrains():
     assert not EVALUATED.can_pretrain and FINE_TUNED.can_pretrain
+    with pytest.raises(KeyError, match="evaluation-only"):
+        EVALUATED.hyperparameters({"epochs": 5})
+    assert EVALUATED.hyperparameters({"epochs": 0})["epochs"] == 0
 
 
 @pytest.mark.slow

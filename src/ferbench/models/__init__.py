@@ -65,6 +65,8 @@ class ModelSpec:
         if unknown:
             raise KeyError(f"model {self.name!r} has no hyperparameter {', '.join(unknown)} "
                            f"(it has: {', '.join(sorted(self.defaults))})")
+        if self.defaults.get("epochs") == 0 and (overrides or {}).get("epochs"):
+            raise KeyError(f"model {self.name!r} is evaluation-only: its epochs stay 0")
         return {**self.defaults, **(overrides or {})}
 
     @property
