@@ -13,6 +13,7 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ferbench import jobs, paths, train
+from ferbench.config import ConfigError, validate
 from ferbench.data.download import sha256sum
 from ferbench.data.manifest import CANONICAL_LABELS
 from ferbench.models import get, minixception
@@ -274,6 +275,11 @@ def test_an_evaluation_only_model_neither_trains_nor_pretrains():
     assert not EVALUATED.can_pretrain and FINE_TUNED.can_pretrain
     with pytest.raises(KeyError, match="evaluation-only"):
         EVALUATED.hyperparameters({"epochs": 5})
+    study = tiny_config(Path("results"))
+    study["models"] = {"minixception": {"epochs": 5}}
+    with pytest.raises(ConfigError, match="'models.minixception': model 'minixception' is "
+                                          "evaluation-only"):
+        validate(study)
     assert EVALUATED.hyperparameters({"epochs": 0})["epochs"] == 0
 
 

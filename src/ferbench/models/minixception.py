@@ -119,7 +119,7 @@ class XceptionModule(nn.Module):
 
 
 class MiniXception(FERModel):
-    def __init__(self, num_classes: int, **_):
+    def __init__(self, num_classes: int):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(1, STEM_CHANNELS, 3, bias=False), _batch_norm(STEM_CHANNELS),
