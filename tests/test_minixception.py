@@ -239,6 +239,11 @@ def test_fine_tuning_can_start_from_a_ferbench_pretraining_stage(keras_file, tmp
     model, _, _ = loaded(FINE_TUNED, saved, ["sadness", "surprise"], init_sha256="")
     assert torch.equal(model.classifier.weight[0], stage.classifier.weight[1])
     assert torch.equal(model.stem[0].weight, stage.stem[0].weight)
+    evaluated, hp, _ = loaded(EVALUATED, path, ["contempt", "happiness"])
+    saved = jobs.save_model(tmp_path / "evaluated.pt", "minixception", ["contempt", "happiness"],
+                            hp, evaluated.state_dict(), {})
+    model, _, absent = loaded(FINE_TUNED, saved, ["contempt", "happiness"], init_sha256="")
+    assert absent == ["contempt"] and torch.isfinite(model.classifier.bias).all()
 
 
 def test_a_saved_evaluation_only_model_loads_and_predicts_the_same(keras_file, tmp_path):

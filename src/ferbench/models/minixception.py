@@ -265,10 +265,13 @@ def load_start(model: MiniXception, hyperparameters: dict, labels) -> list[str]:
                          f" (differs in {', '.join(sorted(set(trunk) ^ expected)[:3])})")
     model.load_state_dict(trunk, strict=False)
     evaluated_only = hyperparameters["epochs"] == 0
-    absent = [label for label in labels if label not in source_labels]
+    # A class an evaluated-only model.pt can never predict is one its start lacked.
+    known = [label for label, bias in zip(source_labels, state["classifier.bias"])
+             if torch.isfinite(bias)]
+    absent = [label for label in labels if label not in known]
     with torch.no_grad():
         for row, label in enumerate(labels):
-            if label in source_labels:
+            if label in known:
                 column = source_labels.index(label)
                 model.classifier.weight[row] = state["classifier.weight"][column]
                 model.classifier.bias[row] = state["classifier.bias"][column]
