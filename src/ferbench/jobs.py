@@ -359,7 +359,8 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     metrics.update(best_epoch=info["best_epoch"], epochs_run=info["epochs_run"],
                    n_train=info["n_train"], n_val=info["n_val"], n_test=len(test_split),
                    fold=fold, **{k: study[k] for k in ("dataset", "protocol", "model")},
-                   run_id=info["run_id"], recipe=saved["hyperparameters"])
+                   run_id=info["run_id"], recipe=saved["hyperparameters"],
+                   start=saved.get("start", ""))
     write_json(paths["metrics"], metrics)
     out = test_rows[["uid", "subject", "label"]].reset_index(drop=True)
     out["predicted"] = [saved["labels"][i] for i in predicted]
@@ -438,7 +439,7 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
                   for m, p in zip(folds, metrics_paths)],
         "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
         # Every fold of a study trains on one recipe (ferbench.config.recipe).
-        "recipe": folds[0]["recipe"],
+        "recipe": folds[0]["recipe"], "start": folds[0]["start"],
     }
     tracker = _tracker(config)
     parent = tracker.start_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",

@@ -313,7 +313,8 @@ def accuracy_section(studies: list[Study]) -> Html:
             for key, cells in columns.items()}
     header = ["method"] + [_column_header(next(iter(cells.values())))
                            for cells in columns.values()]
-    rows = [[model] + [_score_cell(cells[model], *best[key], cells.get(BASELINE))
+    rows = [[_method_cell(model, studies)] + [_score_cell(cells[model], *best[key],
+                                                          cells.get(BASELINE))
                        if model in cells else "—" for key, cells in columns.items()]
             for model in models]
     caption = "Test accuracy and macro-F1 (%)"
@@ -321,6 +322,17 @@ def accuracy_section(studies: list[Study]) -> Html:
         caption += (f"; a model is flagged when its mean − std does not clear {BASELINE}'s "
                     "mean + std on the same folds")
     return Html(out + _table(header, rows, caption))
+
+
+def _method_cell(model: str, studies: list[Study]) -> Html:
+    """A model's name; a model evaluated as it was trained elsewhere (no epoch on the
+    study's faces) says where, so it is read as a peer, not as a result of this protocol."""
+    summary = next(s.summary for s in studies if s.summary["model"] == model)
+    if summary.get("recipe", {}).get("epochs", 1) != 0:
+        return Html(_text(model))
+    start = summary.get("start") or "elsewhere"
+    return Html(f'{_text(model)}<br><span class="small">evaluated only, trained on '
+                f"{_text(start)}</span>")
 
 
 def recipe_section(studies: list[Study]) -> Html:
@@ -337,8 +349,8 @@ def recipe_section(studies: list[Study]) -> Html:
         paper = get(study.summary["model"]).defaults
         changed = ", ".join(f"{k}={v}" for k, v in sorted(recipe.items())
                             if k in paper and paper[k] != v and k not in ("init_from",))
-        rows.append([study.title, recipe.get("recipe", "paper"), start_of(recipe),
-                     changed or "the paper's"])
+        rows.append([study.title, recipe.get("recipe", "paper"),
+                     study.summary.get("start") or start_of(recipe), changed or "the paper's"])
     if not rows:
         return Html(out + _note("No study recorded its recipe."))
     return Html(out + _table(["study", "recipe", "start", "changed from the paper defaults"],
@@ -346,9 +358,7 @@ def recipe_section(studies: list[Study]) -> Html:
 
 
 def start_of(recipe: dict) -> str:
-    """Where a model's weights started: the recorded start, else what its recipe names."""
-    if recipe.get("start"):
-        return recipe["start"]
+    """Where a model's weights started, from its recipe (summaries before `start` was kept)."""
     for key in ("init_from", "pretrained"):
         if recipe.get(key):
             return f"weights from {Path(recipe[key]).name}"
