@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ferbench import recipes
 from ferbench.models import capsnet, damcnn, deep_emotion, deepfer, mobilenet
 
 
@@ -24,6 +25,7 @@ class ModelSpec:
     step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
     `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
+    `defaults` gain the training-recipe keys every model accepts (recipes.TRAINING_DEFAULTS).
     """
 
     name: str
@@ -33,6 +35,9 @@ class ModelSpec:
     fixed: dict = field(default_factory=dict)
     starts_from: str = ""
     trains_on_dcgan: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", {**recipes.TRAINING_DEFAULTS, **self.defaults})
 
     @property
     def can_pretrain(self) -> bool:
@@ -48,12 +53,12 @@ class ModelSpec:
         return self.hyperparameters(hyperparameters)["input_size"]
 
     def hyperparameters(self, overrides: dict | None = None) -> dict:
-        """Paper defaults updated by the config's `models.<name>` block."""
+        """Paper defaults < the named recipe's preset < the config's `models.<name>` block."""
         unknown = sorted(set(overrides or {}) - set(self.defaults))
         if unknown:
             raise KeyError(f"model {self.name!r} has no hyperparameter {', '.join(unknown)} "
                            f"(it has: {', '.join(sorted(self.defaults))})")
-        return {**self.defaults, **(overrides or {})}
+        return recipes.with_preset(self.defaults, overrides or {})
 
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
         return self.cls(num_classes, **hyperparameters, **self.fixed)
