@@ -67,6 +67,15 @@ def test_plateau_reduces_after_patience_like_reduce_lr_on_plateau():
     assert got[4] == 0.1 and got[5] == 0.05 and got[-1] == 0.0125
 
 
+def test_adamw_decouples_weight_decay():
+    parameter = torch.nn.Parameter(torch.ones(1))
+    optimizer = train.make_optimizer(torch.nn.ParameterList([parameter]),
+                                     {"optimizer": "adamw", "lr": 0.1, "weight_decay": 0.5})
+    parameter.grad = torch.zeros(1)
+    optimizer.step()  # zero gradient: only the decay moves it, by lr * wd
+    assert isinstance(optimizer, torch.optim.AdamW) and parameter.item() == pytest.approx(0.95)
+
+
 def test_unknown_schedule_and_class_balance_are_named():
     with pytest.raises(ValueError, match="unknown schedule 'step'"):
         train.scheduled_lr({"lr": 0.1, "schedule": "step"}, 1)
