@@ -9,7 +9,7 @@ from torch import nn
 from ferbench import train
 from ferbench.models import REGISTRY, ModelSpec, get, parameter_count
 from ferbench.models.base import FERModel
-from ferbench.models.losses import cross_entropy_fc_l2, fc_l2
+from ferbench.models.losses import fc_l2
 
 
 def test_fc_l2_matches_hand_computation():
@@ -20,15 +20,17 @@ def test_fc_l2_matches_hand_computation():
     assert fc_l2([layer, layer]).item() == pytest.approx(2 * (1 + 4))
 
 
-def test_cross_entropy_fc_l2_matches_eq1():
-    layer = nn.Linear(1, 1, bias=False)
+def test_deep_emotion_loss_matches_eq1():
+    spec = get("deep_emotion")
+    model = spec.build(2, spec.hyperparameters({"l2_lambda": 0.1}))
     with torch.no_grad():
-        layer.weight.fill_(3.0)
+        for layer in (model.fc1, model.fc2):
+            layer.weight.zero_()
+        model.fc2.weight[0, 0] = 3.0
     logits = torch.tensor([[0.0, math.log(3.0)]])
-    # CE = -log(3/4); lambda * ||w||^2 = 0.1 * 9
+    # CE = -log(3/4); lambda * ||w(fc)||^2 = 0.1 * 9
     expected = -math.log(3 / 4) + 0.9
-    assert cross_entropy_fc_l2(logits, torch.tensor([1]), [layer], 0.1).item() == pytest.approx(
-        expected, rel=1e-6)
+    assert model.loss(logits, torch.tensor([1])).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("name", list(REGISTRY))

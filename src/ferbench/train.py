@@ -9,6 +9,7 @@ and metrics as an uninterrupted run (on CPU).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import tempfile
 import time
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
+from ferbench import recipes
 from ferbench.resize import resize
 
 
@@ -151,21 +154,113 @@ def as_input(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 def make_optimizer(model: torch.nn.Module, hp: dict) -> torch.optim.Optimizer:
     if hp["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    if hp["optimizer"] == "adamw":  # decoupled weight decay (Loshchilov & Hutter 2019)
+        return torch.optim.AdamW(model.parameters(), lr=hp["lr"],
+                                 weight_decay=hp["weight_decay"])
     if hp["optimizer"] == "sgd":
         return torch.optim.SGD(model.parameters(), lr=hp["lr"], momentum=hp.get("momentum", 0.9),
                                weight_decay=hp["weight_decay"])
     raise ValueError(f"unknown optimizer {hp['optimizer']!r}")
 
 
-def scheduled_lr(hp: dict, epoch: int) -> float:
-    """lr of a (1-based) epoch: x `lr_decay` every `lr_step` epochs (MobileNet-CL §5).
+def scheduled_lr(hp: dict, epoch: int, history: list[dict] = ()) -> float:
+    """lr of a (1-based) epoch under the recipe's `schedule`, after `warmup_epochs`.
 
-    Models without `lr_decay` keep a constant lr. A function of the epoch alone, so a
-    resumed run continues the schedule with nothing extra in the checkpoint.
+    `paper`: the model's own, x `lr_decay` every `lr_step` epochs (MobileNet-CL §5), or
+    constant for models without `lr_decay`. `cosine`: from lr towards 0 over the epochs after
+    warmup, as torch's CosineAnnealingLR stepped once an epoch. `plateau`: x `plateau_factor`
+    whenever the validation loss has not improved for more than `plateau_patience` epochs
+    (torch's ReduceLROnPlateau), replayed from `history`, the rows of the epochs before
+    this one. A function of the epoch and the checkpointed history alone, so a resumed run
+    continues the schedule exactly.
     """
-    if "lr_decay" not in hp:
-        return hp["lr"]
-    return hp["lr"] * hp["lr_decay"] ** ((epoch - 1) // hp["lr_step"])
+    warmup = hp.get("warmup_epochs", 0)
+    if epoch <= warmup:  # linear warmup (Goyal et al. 2017), reaching lr just after it
+        return hp["lr"] * epoch / (warmup + 1)
+    schedule = hp.get("schedule", "paper")
+    if schedule == "paper":
+        if "lr_decay" not in hp:
+            return hp["lr"]
+        return hp["lr"] * hp["lr_decay"] ** ((epoch - 1) // hp["lr_step"])
+    if schedule == "cosine":
+        span = max(1, hp["epochs"] - warmup)
+        return hp["lr"] * (1 + math.cos(math.pi * (epoch - warmup - 1) / span)) / 2
+    if schedule == "plateau":
+        return hp["lr"] * plateau_scale([row["val_loss"] for row in history[warmup:]],
+                                        hp["plateau_factor"], hp["plateau_patience"])
+    raise ValueError(f"unknown schedule {schedule!r} (known: {', '.join(recipes.SCHEDULES)})")
+
+
+def plateau_scale(val_losses: list[float], factor: float, patience: int,
+                  threshold: float = 1e-4) -> float:
+    """The lr factor ReduceLROnPlateau (mode min, relative threshold) reaches after these losses."""
+    scale, best, bad_epochs = 1.0, math.inf, 0
+    for loss in val_losses:
+        if loss < best * (1 - threshold):
+            best, bad_epochs = loss, 0
+            continue
+        bad_epochs += 1
+        if bad_epochs > patience:
+            scale, bad_epochs = scale * factor, 0
+    return scale
+
+
+def balanced_class_weights(targets: torch.Tensor) -> torch.Tensor:
+    """w_c = N / (K n_c) over the K classes present (King & Zeng 2001; sklearn's "balanced").
+
+    Every class then carries the same total weight; a class absent from the split gets 1.
+    """
+    counts = torch.bincount(targets.cpu()).double()
+    present = counts > 0
+    weights = torch.ones_like(counts)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float()
+
+
+def epoch_generator(seed: int, epoch: int, stream: int) -> torch.Generator:
+    """A CPU generator for one of an epoch's random streams, a function of (seed, epoch)."""
+    state = np.random.SeedSequence([seed, epoch, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def epoch_order(train: Split, hp: dict, seed: int, epoch: int) -> torch.Tensor:
+    """The training split's sample order for an epoch, fixed by (seed, epoch).
+
+    With `class_balance: sampler`, N samples drawn with replacement, each with probability
+    inversely proportional to its class's count, so every class is drawn about N / K times.
+    """
+    balance = hp.get("class_balance", "none")
+    if balance not in recipes.CLASS_BALANCES:
+        raise ValueError(f"unknown class_balance {balance!r} "
+                         f"(known: {', '.join(recipes.CLASS_BALANCES)})")
+    if balance == "sampler" and len(train):
+        targets = train.targets.cpu()
+        per_sample = 1.0 / torch.bincount(targets).double()[targets]
+        return torch.multinomial(per_sample, len(train), replacement=True,
+                                 generator=epoch_generator(seed, epoch, 1))
+    return torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch))
+
+
+def online_augment(x: torch.Tensor, settings: dict, generator: torch.Generator) -> torch.Tensor:
+    """Random-resized crop, horizontal flip and rotation of a (B, C, S, S) batch, on its device.
+
+    One affine warp per sample, all in one grid_sample: every channel of a sample (the face
+    and its AU map) moves together. The crop keeps the face's aspect ratio, its side a
+    uniform fraction in [min_crop, 1] of the face's, placed uniformly inside it; samples
+    that a rotation takes past the border repeat the edge pixels. Parameters are drawn on
+    the CPU from `generator`, so a batch's warps do not depend on the device.
+    """
+    draws = torch.rand(len(x), 5, generator=generator, dtype=torch.float64)
+    scale = settings["min_crop"] + (1 - settings["min_crop"]) * draws[:, 0]
+    angle = torch.deg2rad((2 * draws[:, 1] - 1) * settings["rotate_deg"])
+    mirror = torch.where(draws[:, 2] < 0.5, -1.0, 1.0) if settings["flip"] else 1.0
+    shift = (2 * draws[:, 3:5] - 1) * (1 - scale[:, None])
+    cos, sin = scale * torch.cos(angle), scale * torch.sin(angle)
+    # Output (x, y) -> input: scale * R(angle) * diag(mirror, 1) (x, y) + shift, in [-1, 1].
+    theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @torch.no_grad()
@@ -232,6 +327,9 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         return (pd.DataFrame(columns=HISTORY_COLUMNS), _cpu_state(model), 0,
                 dict(extra or {}))
     model.to(device)
+    model.set_loss_recipe(hp.get("label_smoothing", 0.0),
+                          balanced_class_weights(train.targets)
+                          if hp.get("class_balance") == "loss" else None)
     train, val = on_device(train, device), on_device(val, device)
     optimizer = make_optimizer(model, hp)
     state = {"epoch": 0, "history": [], "best_state": None, "best_key": None, "best_epoch": 0,
@@ -252,7 +350,7 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         epoch = state["epoch"] + 1
         start = time.perf_counter()
         for group in optimizer.param_groups:
-            group["lr"] = scheduled_lr(hp, epoch)
+            group["lr"] = scheduled_lr(hp, epoch, state["history"])
         train_loss, train_acc = _train_epoch(model, optimizer, hp, train, device, seed, epoch,
                                              autocast)
         val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast)
@@ -295,20 +393,23 @@ def fit_closed_form(model: torch.nn.Module, train: Split, val: Split, seed: int,
 
 def _train_epoch(model, optimizer, hp, train: Split, device, seed: int, epoch: int,
                  autocast: torch.dtype | None = None):
-    """One pass in an order and with dropout masks fixed by (seed, epoch).
+    """One pass in an order, with dropout masks and online augmentation fixed by (seed, epoch).
 
     Loss and accuracy are summed on the device and read once at the end: a per-batch
     `.item()` would make the host wait for the GPU at every step."""
     model.train()
     torch.manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + epoch))
-    order = order.to(train.images.device)
+    order = epoch_order(train, hp, seed, epoch).to(train.images.device)
+    augment = recipes.online_augment_settings(hp.get("online_augment", False))
+    augment_draws = epoch_generator(seed, epoch, 2)
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     batch_size = hp["batch_size"]
     for i in range(0, len(order), batch_size):
         idx = order[i:i + batch_size]
         x = as_input(train.images[idx], device)
+        if augment:
+            x = online_augment(x, augment, augment_draws)
         y = train.targets[idx].to(device, non_blocking=True)
         with precision(device, autocast):
             loss, logits = model.training_objective(x, y, idx)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from torch import nn
 
+from ferbench import recipes
 from ferbench.models import (capsnet, damcnn, deep_emotion, deepfer, hog_svm, minixception,
                              mobilenet)
 
@@ -40,6 +41,7 @@ class ModelSpec:
     start needs the study's class names (a classifier mapped class by class). A model whose
     `epochs` default is 0 is evaluation-only: its training job writes the start weights as
     they are.
+    `defaults` gain the training-recipe keys every model accepts (recipes.TRAINING_DEFAULTS).
     """
 
     name: str
@@ -52,6 +54,9 @@ class ModelSpec:
     start_weights: tuple[str, str] = ()
     weights_from: str = ""
     start_loader: Callable | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "defaults", {**recipes.TRAINING_DEFAULTS, **self.defaults})
 
     @property
     def can_pretrain(self) -> bool:
@@ -68,14 +73,14 @@ class ModelSpec:
         return self.hyperparameters(hyperparameters)["input_size"]
 
     def hyperparameters(self, overrides: dict | None = None) -> dict:
-        """Paper defaults updated by the config's `models.<name>` block."""
+        """Paper defaults < the named recipe's preset < the config's `models.<name>` block."""
         unknown = sorted(set(overrides or {}) - set(self.defaults))
         if unknown:
             raise KeyError(f"model {self.name!r} has no hyperparameter {', '.join(unknown)} "
                            f"(it has: {', '.join(sorted(self.defaults))})")
         if self.defaults.get("epochs") == 0 and (overrides or {}).get("epochs"):
             raise KeyError(f"model {self.name!r} is evaluation-only: its epochs stay 0")
-        return {**self.defaults, **(overrides or {})}
+        return recipes.with_preset(self.defaults, overrides or {})
 
     @property
     def closed_form(self) -> bool:

@@ -3,10 +3,36 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-class FERModel(nn.Module):
+class Classifier(nn.Module):
+    """A module whose loss has a cross-entropy term, shaped by the training recipe.
+
+    `label_smoothing` and `class_weights` (one weight per class, or None) are set by
+    train.fit for the whole model (`FERModel.set_loss_recipe`) from the recipe and the
+    training split's class counts; not in the state dict, so weights load as before.
+    The defaults give the papers' plain cross-entropy.
+    """
+
+    label_smoothing: float = 0.0
+    class_weights: torch.Tensor | None = None
+
+    def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the recipe's label smoothing and class weights (weighted mean)."""
+        return F.cross_entropy(logits, targets, weight=self.weights_for(logits),
+                               label_smoothing=self.label_smoothing)
+
+    def weights_for(self, scores: torch.Tensor) -> torch.Tensor | None:
+        """`class_weights` for (B, K) scores: on their device, 1 for classes past its end."""
+        if self.class_weights is None:
+            return None
+        weights = self.class_weights.to(scores.device, torch.float32)
+        return F.pad(weights, (0, scores.shape[1] - len(weights)), value=1.0)
+
+
+class FERModel(Classifier):
     """A model maps a (B, 1, input_size, input_size) batch in [-1, 1] to class scores.
 
     `input_size` is a constructor argument with the paper's value in the module's DEFAULTS.
@@ -51,6 +77,13 @@ class FERModel(nn.Module):
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} defines neither loss nor objective")
+
+    def set_loss_recipe(self, label_smoothing: float = 0.0,
+                        class_weights: torch.Tensor | None = None) -> None:
+        """Shape the cross-entropy of this model and of every `Classifier` inside it (a head)."""
+        for module in self.modules():
+            if isinstance(module, Classifier):
+                module.label_smoothing, module.class_weights = label_smoothing, class_weights
 
     #: Names of `attention_maps` entries that are pictures of the face (a spatial
     #: transformer's warped input), drawn as they are rather than as heatmap overlays.

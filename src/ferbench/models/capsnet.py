@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ferbench.models.base import FERModel
+from ferbench.models.base import Classifier, FERModel
 from ferbench.models.losses import margin_loss, reconstruction_loss
 from ferbench.models.vgg import VGGTrunk, scaled_channels
 
@@ -137,7 +137,7 @@ class RoutedCapsules(nn.Module):
         return dynamic_routing(predictions, self.iterations)
 
 
-class CapsuleHead(nn.Module):
+class CapsuleHead(Classifier):
     """PrimaryCaps -> routing -> class capsules, their lengths as scores, and the decoder."""
 
     def __init__(self, num_classes: int, in_channels: int, in_side: int, kernel_size: int,
@@ -174,12 +174,15 @@ class CapsuleHead(nn.Module):
                              mode="bilinear", align_corners=False)
 
     def objective(self, features, face, targets):
-        """L = L_c + 0.0005 L_r (Eq. 5), L_r over the input face's pixels mapped to [0, 1]."""
+        """L = L_c + 0.0005 L_r (Eq. 5), L_r over the input face's pixels mapped to [0, 1].
+
+        A recipe's class weights weight each sample's L_c; label smoothing does not apply:
+        the margins m+ 0.9, m- 0.1 already stop pushing lengths to 1 and 0."""
         capsules = self.capsules(features)
         lengths = capsules.norm(dim=-1)
         reconstruction = self.full_size_reconstruction(capsules, targets, face.shape[-1])
-        loss = margin_loss(lengths, targets) + self.reconstruction_weight * reconstruction_loss(
-            reconstruction, (face + 1) / 2)
+        loss = margin_loss(lengths, targets, self.weights_for(lengths)) + (
+            self.reconstruction_weight * reconstruction_loss(reconstruction, (face + 1) / 2))
         return loss, lengths
 
     def representations(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -188,7 +191,7 @@ class CapsuleHead(nn.Module):
         return {"capsule_lengths": capsules.norm(dim=-1), "capsule_poses": capsules.flatten(1)}
 
 
-class VGGClassifier(nn.Module):
+class VGGClassifier(Classifier):
     """VGG's FC 4096 - FC 4096 - FC K head with dropout, trained with cross-entropy."""
 
     def __init__(self, num_classes: int, in_channels: int, in_side: int, width: float,
@@ -210,7 +213,7 @@ class VGGClassifier(nn.Module):
 
     def objective(self, features, face, targets):
         logits = self(features)
-        return F.cross_entropy(logits, targets), logits
+        return self.classification_loss(logits, targets), logits
 
     def representations(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """The second 4096-wide FC layer's output, the last before the class scores."""

@@ -273,14 +273,14 @@ class DAMCNN(FERModel):
         salient, mask = self.salient_features(x)
         if self.step == 1:
             logits = self.head(salient)
-            loss = F.cross_entropy(logits, targets) + serd_regulariser(mask, self.gamma1,
+            loss = self.classification_loss(logits, targets) + serd_regulariser(mask, self.gamma1,
                                                                        self.gamma2)
             return loss, logits
         code = self.mpvs.encode(salient)
         # The code passes lambda x the cross-entropy's gradient back to the MPAE (Eq. 11)
         # while the FC layers learn from the plain cross-entropy (Eq. 10).
         logits = self.mpvs.classify(_ScaleGradient.apply(code, self.lambda_ce))
-        cross_entropy = F.cross_entropy(logits, targets)
+        cross_entropy = self.classification_loss(logits, targets)
         wanted = (self.reconstruction_targets(targets) if samples is None
                   else self._target_features[self.fixed_targets(samples)])
         reconstruction = mpae_reconstruction(self.mpvs.decode(code), wanted.to(code.device))

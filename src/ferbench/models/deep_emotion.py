@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ferbench.models.base import FERModel
-from ferbench.models.losses import cross_entropy_fc_l2
+from ferbench.models.losses import fc_l2
 from ferbench.models.stn import SpatialTransformer
 
 DEFAULTS = {
@@ -50,7 +50,9 @@ class DeepEmotion(FERModel):
         return self.fc2(self.fc_feature(x))
 
     def loss(self, logits, targets):
-        return cross_entropy_fc_l2(logits, targets, (self.fc1, self.fc2), self.l2_lambda)
+        """L = cross-entropy + lambda * ||w(fc)||_2^2 (DeepFER Eq. 1)."""
+        return self.classification_loss(logits, targets) + self.l2_lambda * fc_l2(
+            (self.fc1, self.fc2))
 
     face_like_maps = ("stn_warp",)
 

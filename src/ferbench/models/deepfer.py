@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ferbench.models.base import FERModel
-from ferbench.models.losses import cross_entropy_fc_l2
+from ferbench.models.losses import fc_l2
 from ferbench.models.stn import SpatialTransformer
 
 DEFAULTS = {
@@ -83,7 +83,7 @@ class DeepFER(FERModel):
         return self.fc[-1](self.fc_feature(x))
 
     def loss(self, logits, targets):
-        return cross_entropy_fc_l2(logits, targets, self.fc, self.l2_lambda)
+        return self.classification_loss(logits, targets) + self.l2_lambda * fc_l2(self.fc)
 
     face_like_maps = ("stn_warp",)
 

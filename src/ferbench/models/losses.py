@@ -14,12 +14,6 @@ def fc_l2(layers: Iterable[nn.Linear]) -> torch.Tensor:
     return sum(layer.weight.pow(2).sum() for layer in layers)
 
 
-def cross_entropy_fc_l2(logits: torch.Tensor, targets: torch.Tensor, layers: Iterable[nn.Linear],
-                        lam: float) -> torch.Tensor:
-    """L_overall = L_classifier + lambda * ||w(fc)||_2^2 (DeepFER Eq. 1)."""
-    return F.cross_entropy(logits, targets) + lam * fc_l2(layers)
-
-
 def serd_regulariser(mask: torch.Tensor, gamma1: float, gamma2: float) -> torch.Tensor:
     """L_reg = gamma1 ||M||_1^2 + gamma2 ||1 - M * M||_F^2 (DAM-CNN Eq. 3), batch mean.
 
@@ -69,18 +63,23 @@ def update_centres(features: torch.Tensor, targets: torch.Tensor, centres: torch
     return centres - alpha * delta
 
 
-def margin_loss(lengths: torch.Tensor, targets: torch.Tensor, m_plus: float = 0.9,
+def margin_loss(lengths: torch.Tensor, targets: torch.Tensor,
+                class_weights: torch.Tensor | None = None, m_plus: float = 0.9,
                 m_minus: float = 0.1, lam: float = 0.5) -> torch.Tensor:
     """L_c = T_c max(0, m+ - ||v_c||)^2 + lambda (1 - T_c) max(0, ||v_c|| - m-)^2
     (E2-Capsnet Eq. 3, Sabour et al. Eq. 4), summed over classes, batch mean.
 
     `lengths` are the (B, K) capsule lengths ||v_c||; lambda down-weights absent classes so
-    early training does not shrink every capsule.
+    early training does not shrink every capsule. With `class_weights` (K,), the mean is
+    weighted by each sample's class weight, as F.cross_entropy's `weight` does.
     """
     present = F.one_hot(targets, lengths.shape[1]).to(lengths.dtype)
     loss = (present * F.relu(m_plus - lengths).pow(2)
-            + lam * (1 - present) * F.relu(lengths - m_minus).pow(2))
-    return loss.sum(1).mean()
+            + lam * (1 - present) * F.relu(lengths - m_minus).pow(2)).sum(1)
+    if class_weights is None:
+        return loss.mean()
+    weights = class_weights[targets].to(loss.dtype)
+    return (weights * loss).sum() / weights.sum()
 
 
 def reconstruction_loss(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ferbench.models.base import FERModel
@@ -124,7 +123,7 @@ class MobileNetCL(FERModel):
         """
         features = self.embed(x)
         logits = self.classifier(self.dropout(features))
-        loss = (F.cross_entropy(logits, targets)
+        loss = (self.classification_loss(logits, targets)
                 + self.center_lambda * center_loss(features, targets, self.centres))
         if self.training:
             self.centres.copy_(update_centres(features, targets, self.centres, self.center_alpha))
