@@ -186,11 +186,13 @@ def main() -> None:
     if args.command == "table":
         print(table(args.out_dir, args.device))
         return
-    try:
-        record = run_study(args.device, args.workdir)
+    try:  # absolute: Snakemake runs in the study folder
+        record = run_study(args.device, args.workdir.resolve())
     except AssertionError as error:  # the whole message (Snakemake's output) goes to the log
         print(error, file=sys.stderr)
-        record = {"device": args.device, "error": str(error).strip().splitlines()[0]}
+        lines = str(error).strip().splitlines() or [""]
+        record = {"device": args.device,
+                  "error": next((line for line in lines if "Error" in line), lines[0])}
     with args.json.open("a") as out:
         out.write(json.dumps(record) + "\n")
     print(json.dumps(record))
