@@ -86,7 +86,15 @@ def _nvidia_smi(field: str) -> str:
 
 
 def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    """The JSON lines of `path`; a line cut off by a part's time limit is left out (the
+    part's own row says it timed out)."""
+    records = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def _verdict(met: bool) -> str:

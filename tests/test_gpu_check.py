@@ -77,3 +77,12 @@ def test_goals_are_judged_per_device_and_only_where_the_issue_sets_them():
         {"device": "cuda"}, {"device": "cuda", "classification_ms_per_face": 0.4},
         {"device": "cuda", "faces_per_frame": 3}, {"device": "cpu"})]
     assert goals == ["<= 0.5 ms/face: **not met**", "<= 0.5 ms/face: met", "", ""]
+
+
+def test_a_record_cut_off_by_a_time_limit_is_left_out(tmp_path):
+    from benchmarks import gpu_check
+
+    records = tmp_path / "train-fp32.jsonl"
+    records.write_text('{"model": "deepfer"}\n{"model": "deep_emo')
+    assert gpu_check._records(records) == [{"model": "deepfer"}]
+    assert gpu_check._records(tmp_path / "absent.jsonl") == []
