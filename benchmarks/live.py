@@ -3,12 +3,14 @@
 Builds Motion-JPEG test videos with copies of a real face (`skimage.data.astronaut()`) at
 known positions (`ferbench.live.write_synthetic_video`), then runs the live pipeline on them
 exactly as the CLI does (untrained weights: timing does not depend on them) on the CPU, and
-on CUDA when available. Prints per (device, model, faces): detection ms/frame,
-preprocessing ms/face, classification ms/face, end-to-end frames/s (reading, drawing and
-writing included) and detection recall against the planted faces (IoU >= 0.5). Each cell is
-the best of `--repeats` runs, so jobs competing for the CPU distort it less.
+on CUDA when available (or on --devices). Prints per (device, model, faces): detection
+ms/frame, preprocessing ms/face, classification ms/face, end-to-end frames/s (reading,
+drawing and writing included) and detection recall against the planted faces (IoU >= 0.5).
+Each cell is the best of `--repeats` runs, so jobs competing for the CPU distort it less.
+--json FILE appends every cell to FILE as one JSON object (benchmarks/gpu_check.sh).
 
     python benchmarks/live.py [--frames 60 --threads 1 --detect-scale 0.5 --repeats 2]
+        [--devices cpu cuda] [--json cells.jsonl]
 """
 
 from __future__ import annotations
@@ -57,11 +59,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=LIVE_THREADS,
                         help="torch and OpenCV threads (default: ferbench live's)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu", "cuda"],
+                        help="cuda is skipped when torch.cuda.is_available() is false")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="append every cell to FILE as a JSON object")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available()
-                                       else [])
+    devices = [torch.device(kind) for kind in args.devices
+               if kind == "cpu" or torch.cuda.is_available()]
     print(f"640x480, {args.frames} frames, detect scale {args.detect_scale}, "
           f"detection every {args.detect_every} frame(s), "
           f"{args.threads} thread(s), best of {args.repeats}")
@@ -85,6 +91,10 @@ def main() -> None:
                           f"{best['preprocessing_ms_per_face']:>16.2f} "
                           f"{best['classification_ms_per_face']:>17.2f} "
                           f"{best['end_to_end_fps']:>6.1f} {best['recall']:>7.3f}", flush=True)
+                    if args.json:
+                        with args.json.open("a") as out:
+                            out.write(json.dumps({"device": device.type, "model": name,
+                                                  "faces_per_frame": n, **best}) + "\n")
 
 
 if __name__ == "__main__":
