@@ -176,6 +176,8 @@ def measure(spec: ModelSpec, overrides: dict, device: torch.device, args) -> dic
     side = spec.input_size(hp)
     if spec.starts_from:  # DAM-CNN's step 2 loads its frozen trunk from a step-1 model.pt
         hp["init_from"] = str(untrained_start(spec.starts_from, applied, args))
+    elif "init_from" in hp:  # pretrained starts change no cost: time random weights
+        hp["init_from"] = ""
     baseline = start_peak_memory(device)
     try:
         torch.manual_seed(0)
@@ -300,8 +302,10 @@ def header(device: torch.device, overrides: dict, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(REGISTRY), default=list(REGISTRY),
-                        metavar="NAME", help=f"default: all of {', '.join(REGISTRY)}")
+    trained = [name for name, spec in REGISTRY.items() if spec.trains_by_gradient]
+    parser.add_argument("--models", nargs="+", choices=trained, default=trained,
+                        metavar="NAME", help=f"default: all of {', '.join(trained)} (the "
+                        "models trained by gradient steps)")
     parser.add_argument("--devices", nargs="+", choices=("cpu", "cuda"), default=["cpu", "cuda"],
                         help="cuda is skipped when torch.cuda.is_available() is false")
     parser.add_argument("--width", type=float, help="override `width` (channel multiplier)")

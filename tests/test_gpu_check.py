@@ -39,7 +39,8 @@ def test_the_table_has_every_models_loop_over_bound_ratio(check):
     result, _ = check
     rows = [line.split(" | ") for line in result.stdout.splitlines()
             if line.startswith("| training, float32 | ")]
-    assert sorted(row[1] for row in rows) == sorted(REGISTRY)
+    assert sorted(row[1] for row in rows) == sorted(
+        name for name, spec in REGISTRY.items() if spec.trains_by_gradient)
     for row in rows:
         ratio = re.search(r"loop \d+ img/s = (\d+\.\d+) x bound", row[3])
         assert ratio and float(ratio.group(1)) > 0, row

@@ -87,6 +87,11 @@ class ModelSpec:
         """Fitted in one step by the model's `fit_closed_form` (the HOG + SVM baseline)."""
         return getattr(self.cls, "closed_form", False)
 
+    @property
+    def trains_by_gradient(self) -> bool:
+        """Trained epoch by epoch (not fitted in closed form, nor only evaluated)."""
+        return not self.closed_form and self.defaults.get("epochs") != 0
+
     def build(self, num_classes: int, hyperparameters: dict) -> nn.Module:
         """The model with fresh weights, given the hyperparameters its constructor declares."""
         declared = inspect.signature(self.cls).parameters
