@@ -32,7 +32,8 @@ CODE = {
                  "workflow/scripts/summarize.py"],
     "explain": ["src/ferbench/explain.py", "src/ferbench/models", "src/ferbench/report.py",
                 "workflow/scripts/explain.py"],
-    "report": ["src/ferbench/report.py", "src/ferbench/published.py",
+    "compare": ["src/ferbench/compare.py", "workflow/scripts/compare.py"],
+    "report": ["src/ferbench/report.py", "src/ferbench/compare.py", "src/ferbench/published.py",
                "src/ferbench/published.yaml", "workflow/scripts/report.py"],
 }
 SHARED_CODE = ["src/ferbench/jobs.py", "Snakefile", "workflow/rules"]
@@ -128,7 +129,17 @@ def stages(config: dict, config_file: str) -> dict:
             reads + [fill(paths.MODEL, fold=paths.EXPLAINED_FOLD, **m)],
             # The record names the dataset's adapter and the protocol, for the report.
             [f"datasets.{study.dataset}", f"protocols.{study.protocol}", "seed", "device"])
-    report_deps = paths.summaries(config) + paths.explanations(config) + [
+    for (dataset, protocol), models in paths.study_models(config).items():
+        w = {"dataset": dataset, "protocol": protocol}
+        n_folds = splits.fold_count(config["protocols"][protocol])
+        out[f"compare_{dataset}_{protocol}"] = _stage(
+            "compare", config_file, [fill(paths.STATISTICS, **w)],
+            [fill(paths.FOLDS, **w)] + [fill(paths.SUMMARY, model=m, **w) for m in models]
+            + [fill(paths.PREDICTIONS, model=m, fold=k, **w) for m in models
+               for k in range(n_folds)],
+            ["seed"])
+    report_deps = paths.summaries(config) + paths.explanations(config) + paths.per_protocol(
+        paths.STATISTICS, config) + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
         for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
     metrics = fill(paths.STUDY_METRICS)

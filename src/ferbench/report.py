@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ferbench import paths, published
+from ferbench import compare, paths, published
 
 DPI = 90
 NA = "n/a"
@@ -70,6 +70,17 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{_pct(mean)} ± {_pct(std)}"
 
 
+def _interval(interval: dict | None) -> str:
+    """A 95% interval as "[low, high]" in %, n/a where there is none (one fold, one face)."""
+    if not interval or interval.get("low") is None:
+        return NA
+    return f"[{_pct(interval['low'])}, {_pct(interval['high'])}]"
+
+
+def _p(value) -> str:
+    return NA if value is None else f"{value:.3g}"
+
+
 def _table(header: list, rows: list[list], caption: str = "") -> Html:
     """A booktabs-style table; cells are escaped unless wrapped in Html."""
     head = "".join(f"<th>{_text(h)}</th>" for h in header)
@@ -108,8 +119,9 @@ def figure_png(fig: Figure) -> bytes:
 
 @dataclass
 class Study:
-    """One (dataset, protocol, model) summary with its per-fold files and its explain stage's
-    figures and record (None where missing)."""
+    """One (dataset, protocol, model) summary with its per-fold files, its explain stage's
+    figures and record, and its intervals and calibration from the compare stage (None
+    where missing)."""
 
     summary: dict
     metrics: list[dict | None]
@@ -117,6 +129,7 @@ class Study:
     attention_png: bytes | None = None
     tsne_png: bytes | None = None
     explained: dict | None = None
+    statistics: dict | None = None
 
     @property
     def title(self) -> str:
@@ -138,11 +151,13 @@ def load_study(summary_path: Path) -> Study:
     base = summary_path.parent
     figures = [paths.beside_summary(t, summary_path)
                for t in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE)]
+    compared = _read_json(paths.beside_protocol(paths.STATISTICS, summary_path)) or {}
     return Study(summary,
                  [_read_json(base / f["metrics"]) for f in summary["folds"]],
                  [_read_csv(base / f["history"]) for f in summary["folds"]],
                  *[f.read_bytes() if f.is_file() else None for f in figures],
-                 _read_json(paths.beside_summary(paths.EXPLAIN_INFO, summary_path)))
+                 _read_json(paths.beside_summary(paths.EXPLAIN_INFO, summary_path)),
+                 compared.get("models", {}).get(summary["model"]))
 
 
 def load_benchmarks(paths: list[Path]) -> pd.DataFrame:
@@ -234,6 +249,52 @@ def runtime_figure(runtime: pd.DataFrame) -> bytes:
     return figure_png(fig)
 
 
+def reliability_figure(calibration: dict) -> bytes:
+    """Accuracy per confidence bin against the diagonal of perfect calibration; the bar
+    widths are the bins, the gaps to the diagonal what the ECE averages."""
+    fig = Figure(figsize=(3.0, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    bins = calibration["bins"]
+    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins],
+           [b["high"] - b["low"] for b in bins], align="edge", color="C0", edgecolor="white",
+           label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", ms=3,
+            color="C3", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="#555", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {100 * calibration['ece']:.2f}%")
+    ax.legend(frameon=False, loc="upper left")
+    return figure_png(fig)
+
+
+def critical_difference_figure(ranking: dict) -> bytes:
+    """Demsar's (2006) critical difference diagram: average ranks on an axis (1 = best),
+    the CD as a bar, and thick lines joining models not significantly different."""
+    models, ranks, k = ranking["models"], ranking["average_ranks"], len(ranking["models"])
+    fig = Figure(figsize=(6.0, 1.2 + 0.25 * k), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlim(k + 0.3, 0.7)
+    ax.set_ylim(-0.5 - 0.35 * k, 1.0)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="black")
+    for r in range(1, k + 1):
+        ax.vlines(r, 0, 0.1, color="black")
+        ax.text(r, 0.18, str(r), ha="center", va="bottom")
+    ax.hlines(0.75, 1, 1 + ranking["cd"], color="black", lw=1.5)
+    ax.text(1 + ranking["cd"] / 2, 0.82, f"CD {ranking['cd']:.2f}", ha="center", va="bottom")
+    for place, i in enumerate(np.argsort(ranks, kind="stable")):
+        y = -0.35 * (place + 1)
+        ax.plot([ranks[i], ranks[i]], [0, y], color="C0", lw=0.8)
+        ax.text(ranks[i], y - 0.02, f"{models[i]} ({ranks[i]:.2f})", ha="center", va="top")
+    for level, clique in enumerate(ranking["cliques"]):
+        ax.hlines(-0.1 - 0.08 * level, min(ranks[i] for i in clique) - 0.03,
+                  max(ranks[i] for i in clique) + 0.03, color="C3", lw=3)
+    return figure_png(fig)
+
+
 # -- sections ----------------------------------------------------------------------------------
 
 def header_section(title: str, studies: list[Study]) -> Html:
@@ -254,7 +315,8 @@ def _best(values: dict, key: str) -> float:
     return max(round(100 * s[key], 2) for s in values.values())
 
 
-def _score_cell(summary: dict, best_acc: float, best_f1: float) -> Html:
+def _score_cell(summary: dict, best_acc: float, best_f1: float,
+                statistics: dict | None = None) -> Html:
     k = len(summary["folds"])
     acc = _mean_std(summary["accuracy_mean"], summary["accuracy_std"])
     f1 = _mean_std(summary["macro_f1_mean"], summary["macro_f1_std"])
@@ -262,6 +324,9 @@ def _score_cell(summary: dict, best_acc: float, best_f1: float) -> Html:
         acc = f"<b>{acc}</b>"
     if round(100 * summary["macro_f1_mean"], 2) == best_f1:
         f1 = f"<b>{f1}</b>"
+    if statistics:
+        acc += f' <span class="small">{_interval(statistics["accuracy"])}</span>'
+        f1 += f' <span class="small">{_interval(statistics["macro_f1"])}</span>'
     return Html(f"acc {acc} ({k} folds)<br>macro-F1 {f1}")
 
 
@@ -275,14 +340,73 @@ def accuracy_section(studies: list[Study]) -> Html:
         s = study.summary
         columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
     models = list(dict.fromkeys(s.summary["model"] for s in studies))
+    intervals = {(s.summary["dataset"], s.summary["protocol"], s.summary["model"]): s.statistics
+                 for s in studies}
     best = {key: (_best(cells, "accuracy_mean"), _best(cells, "macro_f1_mean"))
             for key, cells in columns.items()}
     header = ["method"] + [_column_header(next(iter(cells.values())))
                            for cells in columns.values()]
-    rows = [[model] + [_score_cell(cells[model], *best[key]) if model in cells else "—"
+    rows = [[model] + [_score_cell(cells[model], *best[key], intervals[(*key, model)])
+                       if model in cells else "—"
                        for key, cells in columns.items()]
             for model in models]
-    return Html(out + _table(header, rows, "Test accuracy and macro-F1 (%)"))
+    return Html(out + _table(header, rows, "Test accuracy and macro-F1 (%), mean ± std, "
+                             "[95% interval]: the corrected resampled t over folds (Nadeau & "
+                             "Bengio 2003), or a bootstrap over test faces for one fold"))
+
+
+def _difference(pair: dict, key: str) -> list:
+    d = pair[key]
+    return [f"{100 * d['mean']:+.2f}", _interval(d), _p(d["p"]), _p(d["wilcoxon_p"])]
+
+
+def comparison_section(statistics: list[dict], studies: list[Study]) -> Html:
+    """Is model A really better than B on the same folds? Paired differences with their
+    intervals and tests per (dataset, protocol), then Friedman + Nemenyi across data sets."""
+    out = ""
+    for stats in statistics:
+        if not stats["pairs"]:
+            continue
+        rows = [[f"{p['a']} − {p['b']}", p["folds"], *_difference(p, "accuracy"),
+                 *_difference(p, "macro_f1"),
+                 f"{p['mcnemar']['a_only']} / {p['mcnemar']['b_only']}",
+                 _p(p["mcnemar"]["p"])] for p in stats["pairs"]]
+        single = next(iter(stats["models"].values()))["folds"] == 1
+        method = ("percentile bootstrap over the test faces, paired" if single else
+                  "corrected resampled t-test over folds (Nadeau & Bengio 2003, variance × "
+                  f"(1/k + n_test/n_train), n_test/n_train = {stats['test_train_ratio']:.3f})")
+        out += _table(["A − B", "folds", "Δ accuracy", "95% interval", "p", "Wilcoxon p",
+                       "Δ macro-F1", "95% interval", "p", "Wilcoxon p",
+                       "faces only A / only B right", "McNemar p"], rows,
+                      f"{stats['dataset']} / {stats['protocol']}: differences in points, "
+                      f"{method}; Wilcoxon signed-rank over folds; McNemar's exact test on "
+                      "the pooled test faces")
+    ranking = ranking_across_datasets(studies)
+    if ranking:
+        out += (f"<p>Across {ranking['datasets']} (dataset, protocol) columns, ranked by mean "
+                f"accuracy: Friedman χ²<sub>F</sub> = {ranking['chi2']:.3f} "
+                f"(p = {_p(ranking['chi2_p'])}), Iman–Davenport F<sub>F</sub> = "
+                f"{ranking['f']:.3f} (p = {_p(ranking['f_p'])}); Nemenyi critical difference "
+                f"{ranking['cd']:.3f} at α = {ranking['alpha']} (Demsar 2006).</p>\n")
+        out += _img(critical_difference_figure(ranking), "critical difference diagram",
+                    "Average ranks (1 = best); models joined by a red bar do not differ "
+                    "significantly (Nemenyi).")
+    return Html("<h3>Paired comparisons</h3>\n" + out) if out else Html("")
+
+
+def ranking_across_datasets(studies: list[Study]) -> dict | None:
+    """Friedman + Nemenyi over the models every (dataset, protocol) column shares, where
+    there are two or more datasets and two or more such models; None otherwise."""
+    columns: dict[tuple, dict[str, float]] = {}
+    for study in studies:
+        s = study.summary
+        columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s["accuracy_mean"]
+    shared = [m for m in dict.fromkeys(s.summary["model"] for s in studies)
+              if all(m in cells for cells in columns.values())]
+    if len({dataset for dataset, _ in columns}) < 2 or len(shared) < 2:
+        return None
+    scores = [[cells[m] for m in shared] for cells in columns.values()]
+    return compare.rank_models(scores, shared)
 
 
 #: The papers' ablations: which registered models differ by one component, and how.
@@ -398,8 +522,21 @@ def study_section(study: Study, number: int) -> Html:
                 f"{_badge(s['subject_independent'])}{run_line}</h3>\n"
                 f"<p>{_text(s['protocol_description'])}</p>\n"
                 + _folds_table(study) + confusion + "<h4>Per class</h4>\n"
-                + _per_class_part(study) + "<h4>Training</h4>\n" + _curves_part(study)
+                + _per_class_part(study) + "<h4>Calibration</h4>\n" + _calibration_part(study)
+                + "<h4>Training</h4>\n" + _curves_part(study)
                 + "<h4>Attention and representations</h4>\n" + _explain_part(study))
+
+
+def _calibration_part(study: Study) -> Html:
+    """Expected calibration error and reliability diagram of the pooled test faces."""
+    calibration = (study.statistics or {}).get("calibration")
+    if not calibration or not calibration["bins"]:
+        return _note("No calibration found (the compare stage's statistics.json).")
+    return _img(reliability_figure(calibration), f"reliability diagram, {study.title}",
+                f"Reliability of the top-class probability over {calibration['faces']} pooled "
+                f"test faces, {len(calibration['bins'])} non-empty of "
+                f"{compare.CALIBRATION_BINS} equal-width bins; expected calibration error "
+                f"{100 * calibration['ece']:.2f}% (Guo et al. 2017).")
 
 
 def studies_section(studies: list[Study]) -> Html:
@@ -410,21 +547,29 @@ def studies_section(studies: list[Study]) -> Html:
 def _paper_rows(study: Study, entries: list[published.Published]) -> list[list]:
     """One row per published number for the study's model and datasets, or one saying so."""
     s = study.summary
-    ours = _mean_std(s["accuracy_mean"], s["accuracy_std"])
+    interval = (study.statistics or {}).get("accuracy")
+    ours = [_mean_std(s["accuracy_mean"], s["accuracy_std"]), _interval(interval)]
     context = (study.explained or {}).get("context")
     if not context:
-        return [[study.title, ours, "—", "—", "—",
+        return [[study.title, *ours, "—", "—", "—", "—",
                  "study context unknown (no explain-stage record), so nothing to match"]]
     matches = published.for_study(entries, context)
     if not matches:
         reported = sorted({e.datasets for e in entries if e.model == s["model"]})
         elsewhere = (f"; the papers report {s['model']} on {', '.join(reported)} (table below)"
                      if reported else "")
-        return [[study.title, ours, "—", "—", "—",
+        return [[study.title, *ours, "—", "—", "—", "—",
                  f"no published number for {s['model']} on {context['adapter']}{elsewhere}"]]
-    return [[study.title, ours, f"{e.accuracy:.2f}", f"{e.method} ({e.paper})", e.where,
+    return [[study.title, *ours, f"{e.accuracy:.2f}", _inside(e.accuracy, interval),
+             f"{e.method} ({e.paper})", e.where,
              "; ".join(published.differences(e, context)) or "same protocol"]
             for e in matches]
+
+
+def _inside(accuracy: float, interval: dict | None) -> str:
+    """Whether a published accuracy (%) lies inside our 95% interval."""
+    verdict = compare.inside(accuracy / 100, interval) if interval else None
+    return NA if verdict is None else ("yes" if verdict else "no")
 
 
 def published_section(studies: list[Study], entries: list[published.Published]) -> Html:
@@ -433,7 +578,8 @@ def published_section(studies: list[Study], entries: list[published.Published]) 
     out = "<h2>2. The papers' numbers beside ours</h2>\n"
     rows = [row for study in studies for row in _paper_rows(study, entries)]
     if rows:
-        out += _table(["study", "ours (%)", "paper (%)", "method (paper)", "where",
+        out += _table(["study", "ours (%)", "our 95% interval", "paper (%)",
+                       "paper inside our interval", "method (paper)", "where",
                        "protocol differences"], rows,
                       "Matched on model, dataset adapter (trained and tested on)")
     out += _table(["paper", "method", "model", "dataset", "classes", "protocol", "accuracy (%)",
@@ -497,9 +643,12 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
                  samples: list[Path] = ()) -> Path:
     """Write the report and return its path; same inputs always give the same bytes."""
     studies = [load_study(Path(p)) for p in summaries]
+    statistics = [s for s in (_read_json(p) for p in dict.fromkeys(
+        paths.beside_protocol(paths.STATISTICS, p) for p in summaries)) if s]
     with matplotlib.rc_context(RC):
         entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
+                + comparison_section(statistics, studies)
                 + ablation_section(studies, entries) + published_section(studies, entries)
                 + studies_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])

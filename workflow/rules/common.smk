@@ -71,3 +71,35 @@ def fold_numbers(protocol):
 
 def report_outputs():
     return [path(paths.REPORT), path(paths.STUDY_METRICS)]
+
+
+def compared_models(wildcards):
+    """The models studied on this (dataset, protocol), in config order."""
+    return paths.study_models(config)[(wildcards.dataset, wildcards.protocol)]
+
+
+def compared_summaries(wildcards):
+    return [
+        path(
+            paths.SUMMARY,
+            dataset=wildcards.dataset,
+            protocol=wildcards.protocol,
+            model=m,
+        )
+        for m in compared_models(wildcards)
+    ]
+
+
+def compared_predictions(wildcards):
+    """Every fold's test predictions of every compared model, model by model."""
+    return [
+        path(
+            paths.PREDICTIONS,
+            dataset=wildcards.dataset,
+            protocol=wildcards.protocol,
+            model=m,
+            fold=k,
+        )
+        for m in compared_models(wildcards)
+        for k in fold_numbers(wildcards.protocol)
+    ]
