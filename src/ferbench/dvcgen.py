@@ -21,7 +21,7 @@ CODE = {
     "landmarks": ["src/ferbench/landmarks.py", "src/ferbench/data/images.py",
                   "src/ferbench/mediapipe_client.py", "src/ferbench/mediapipe_worker.py",
                   "workflow/scripts/landmarks.py"],
-    "folds": ["src/ferbench/splits.py", "workflow/scripts/folds.py"],
+    "folds": ["src/ferbench/splits.py", "src/ferbench/audit.py", "workflow/scripts/folds.py"],
     "augment": ["src/ferbench/augment.py", "workflow/scripts/augment.py"],
     "dcgan": ["src/ferbench/gan_augment.py", "src/ferbench/models/dcgan.py",
               "workflow/scripts/dcgan.py"],
@@ -33,6 +33,7 @@ CODE = {
     "explain": ["src/ferbench/explain.py", "src/ferbench/models", "src/ferbench/report.py",
                 "workflow/scripts/explain.py"],
     "compare": ["src/ferbench/compare.py", "workflow/scripts/compare.py"],
+    "audit": ["src/ferbench/audit.py", "src/ferbench/report.py", "workflow/scripts/audit.py"],
     "report": ["src/ferbench/report.py", "src/ferbench/compare.py", "src/ferbench/published.py",
                "src/ferbench/published.yaml", "workflow/scripts/report.py"],
 }
@@ -85,8 +86,11 @@ def stages(config: dict, config_file: str) -> dict:
         folds = fill(paths.FOLDS, **w)
         tested = paths.test_dataset(config, dataset, protocol)
         face_tables = [fill(paths.FACES_TABLE, dataset=d) for d in dict.fromkeys((dataset, tested))]
+        hashed = ([fill(paths.FACES_ARRAY, dataset=d) for d in dict.fromkeys((dataset, tested))]
+                  if config["protocols"][protocol]["dedupe"] == "drop" else [])
         out[f"folds_{key}"] = _stage(
-            "folds", config_file, [folds], face_tables, [f"protocols.{protocol}", "seed"])
+            "folds", config_file, [folds], face_tables + hashed,
+            [f"protocols.{protocol}", "seed"])
         augmented = [fill(t, fold=k, **w) for k in range(n_folds)
                      for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)]
         out[f"augment_{key}"] = _stage(
@@ -138,8 +142,15 @@ def stages(config: dict, config_file: str) -> dict:
             + [fill(paths.PREDICTIONS, model=m, fold=k, **w) for m in models
                for k in range(n_folds)],
             ["seed"])
-    report_deps = paths.summaries(config) + paths.explanations(config) + paths.per_protocol(
-        paths.STATISTICS, config) + [
+        tested = paths.test_dataset(config, dataset, protocol)
+        out[f"audit_{dataset}_{protocol}"] = _stage(
+            "audit", config_file, [fill(paths.AUDIT, **w), fill(paths.AUDIT_PAIRS, **w)],
+            [fill(paths.FOLDS, **w)] + [fill(paths.FACES_ARRAY, dataset=d)
+                                        for d in dict.fromkeys((dataset, tested))],
+            [f"protocols.{protocol}"])
+    report_deps = paths.summaries(config) + paths.explanations(config) + [
+        p for template in (paths.STATISTICS, paths.AUDIT, paths.AUDIT_PAIRS)
+        for p in paths.per_protocol(template, config)] + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
         for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
     metrics = fill(paths.STUDY_METRICS)

@@ -105,16 +105,23 @@ def read_faces_table(path) -> pd.DataFrame:
 
 
 def make_folds(faces_table, protocol: dict, seed: int, out_path,
-               test_faces_table=None) -> pd.DataFrame:
+               test_faces_table=None, dedupe_arrays: tuple | None = None) -> pd.DataFrame:
     """Write a protocol's split table; a protocol the data cannot satisfy is reported as
     `<dataset>/<protocol>: ...`, read off the path (paths.FOLDS). `test_faces_table` is the
-    test dataset's face table of a cross-dataset protocol."""
+    test dataset's face table of a cross-dataset protocol. With `dedupe_arrays` (the trained
+    and the tested faces.npy, for `dedupe: drop`) near-duplicate test faces are set aside."""
     test_faces = read_faces_table(test_faces_table) if test_faces_table else None
     try:
         folds = splits.make_folds(read_faces_table(faces_table), protocol, seed, test_faces)
     except splits.ProtocolError as err:
         study = Path(out_path).parent
         raise splits.ProtocolError(f"{study.parent.name}/{study.name}: {err}") from None
+    if dedupe_arrays:
+        from ferbench import audit
+
+        trained, tested = (audit.dhash(np.load(p)) for p in dedupe_arrays)
+        folds = audit.drop_near_duplicates(folds, trained, tested,
+                                           protocol["duplicate_distance"])
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(out_path, index=False, lineterminator="\n")
     return folds
@@ -502,3 +509,26 @@ def comparison_metrics(statistics: dict, model: str) -> dict:
                             f"vs_{other}_{key}_wilcoxon_p": pair[key]["wilcoxon_p"]})
         metrics[f"vs_{other}_mcnemar_p"] = pair["mcnemar"]["p"]
     return metrics
+
+
+# -- 10. audit -------------------------------------------------------------------------------
+
+def audit_study(faces_array, tested_faces_array, folds_path, max_distance: int, out_json,
+                out_png) -> dict:
+    """Near-duplicate leak audit of one (dataset, protocol) (audit.py): per fold, test faces
+    whose nearest training face is within `max_distance` dHash bits, and a sheet of the
+    closest pairs side by side."""
+    from ferbench import audit
+    from ferbench import report as report_mod
+
+    trained = np.load(faces_array)
+    tested = trained if Path(tested_faces_array) == Path(faces_array) else np.load(
+        tested_faces_array)
+    pairs = audit.fold_pairs(read_folds(folds_path), audit.dhash(trained), audit.dhash(tested))
+    study = Path(out_json).parent  # paths.AUDIT: <dataset>/<protocol>/audit.json
+    found = {"dataset": study.parent.name, "protocol": study.name,
+             **audit.summarize(pairs, max_distance, trained, tested)}
+    write_json(out_json, found)
+    Path(out_png).write_bytes(report_mod.duplicate_pairs_figure(found["closest"], trained,
+                                                                tested))
+    return found

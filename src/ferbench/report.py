@@ -141,6 +141,10 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
@@ -293,6 +297,30 @@ def critical_difference_figure(ranking: dict) -> bytes:
         ax.hlines(-0.1 - 0.08 * level, min(ranks[i] for i in clique) - 0.03,
                   max(ranks[i] for i in clique) + 0.03, color="C3", lw=3)
     return figure_png(fig)
+
+
+def duplicate_pairs_figure(closest: list[dict], trained: np.ndarray,
+                           tested: np.ndarray) -> bytes:
+    """The leak audit's closest (test, training) pairs side by side, test face first, with
+    fold, labels and Hamming distance; a blank sheet when there are no pairs."""
+    per_row = 4
+    rows = max(1, -(-len(closest) // per_row))
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(8.0, 1.25 * rows + 0.2), layout="constrained")
+        axes = fig.subplots(rows, 2 * per_row, squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for i, pair in enumerate(closest):
+            left, right = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row,
+                                                                      2 * (i % per_row) + 1]
+            for ax, image, role, label in ((left, tested[pair["uid"]], "test", pair["label"]),
+                                           (right, trained[pair["train_uid"]], "train",
+                                            pair["train_label"])):
+                ax.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{role} {label}", fontsize=6)
+            left.text(1.0, -0.08, f"fold {pair['fold']}, {pair['distance']} bits",
+                      transform=left.transAxes, ha="center", va="top", fontsize=6)
+        return figure_png(fig)
 
 
 # -- sections ----------------------------------------------------------------------------------
@@ -636,6 +664,45 @@ def runtime_section(benchmarks: list[Path]) -> Html:
     return Html(out + table + _img(runtime_figure(runtime), "runtime per rule"))
 
 
+def audit_section(audits: list[tuple[dict, bytes | None]]) -> Html:
+    """The near-duplicate leak audit per (dataset, protocol): how many test faces have a
+    (nearly) identical training face, per fold, and the closest pairs side by side."""
+    out = "<h2>6. Near-duplicate leak audit</h2>\n"
+    if not audits:
+        return Html(out + _note("No leak audit was given."))
+    out += _text_paragraph(
+        "Every aligned face crop is hashed (64-bit dHash); per fold, each test face's nearest "
+        "training face by Hamming distance. A test face within the protocol's distance of a "
+        "training face is (nearly) the same picture on both sides of the split, whoever it "
+        "shows: keeping subjects apart does not catch it. `dedupe: drop` sets such faces "
+        "aside before any model is tested.")
+    for found, png in audits:
+        rows = [[f["fold"], f["test_faces"], f["near_duplicates"], _pct(f["rate"]),
+                 f["other_label"], f["dropped"]] for f in found["folds"]]
+        rows.append([Html("<b>all</b>"), found["test_faces"], found["near_duplicates"],
+                     _pct(found["rate"]), found["other_label"], found["dropped"]])
+        out += _table(["fold", "test faces", "near-duplicates", "rate (%)", "with another label",
+                       "dropped"], rows,
+                      f"{found['dataset']} / {found['protocol']}: test faces within "
+                      f"{found['max_distance']} bits of a training face")
+        if found["closest"]:
+            closest = [[c["fold"], c["uid"], c["label"], c["train_uid"], c["train_label"],
+                        c["distance"], NA if c["pixel_difference"] is None
+                        else f"{c['pixel_difference']:.1f}"] for c in found["closest"]]
+            out += _table(["fold", "test face", "label", "nearest training face", "label",
+                           "Hamming bits", "mean |pixel difference|"], closest,
+                          "The closest (test, training) pairs")
+        if png:
+            out += _img(png, f"closest pairs, {found['dataset']} / {found['protocol']}",
+                        "The closest pairs side by side: test face, then its nearest "
+                        "training face.")
+    return Html(out)
+
+
+def _text_paragraph(message: str) -> Html:
+    return Html(f"<p>{_text(message)}</p>\n")
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_report(summaries: list[Path], detections: list[Path], benchmarks: list[Path],
@@ -643,8 +710,12 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
                  samples: list[Path] = ()) -> Path:
     """Write the report and return its path; same inputs always give the same bytes."""
     studies = [load_study(Path(p)) for p in summaries]
-    statistics = [s for s in (_read_json(p) for p in dict.fromkeys(
-        paths.beside_protocol(paths.STATISTICS, p) for p in summaries)) if s]
+    protocols = list(dict.fromkeys(paths.beside_protocol(paths.STATISTICS, p).parent
+                                   for p in summaries))
+    statistics = [s for s in (_read_json(d / Path(paths.STATISTICS).name) for d in protocols)
+                  if s]
+    audits = [(found, _read_bytes(d / Path(paths.AUDIT_PAIRS).name)) for d, found in
+              ((d, _read_json(d / Path(paths.AUDIT).name)) for d in protocols) if found]
     with matplotlib.rc_context(RC):
         entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
@@ -652,7 +723,8 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
                 + ablation_section(studies, entries) + published_section(studies, entries)
                 + studies_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
-                + runtime_section(sorted(Path(p) for p in benchmarks)))
+                + runtime_section(sorted(Path(p) for p in benchmarks))
+                + audit_section(audits))
     document = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                 f"<title>{_text(title)}</title>\n<style>{CSS}</style>\n</head>\n"
                 f"<body>\n{body}</body>\n</html>\n")

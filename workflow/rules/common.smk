@@ -103,3 +103,13 @@ def compared_predictions(wildcards):
         for m in compared_models(wildcards)
         for k in fold_numbers(wildcards.protocol)
     ]
+
+
+def dedupe_arrays(wildcards):
+    """With `dedupe: drop`, the folds stage reads the trained and tested faces to hash."""
+    if config["protocols"][wildcards.protocol]["dedupe"] != "drop":
+        return {}
+    return {
+        "dedupe_trained": path(paths.FACES_ARRAY, dataset=wildcards.dataset),
+        "dedupe_tested": tested_faces_array(wildcards),
+    }
