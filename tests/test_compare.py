@@ -200,3 +200,15 @@ def test_models_on_different_folds_or_faces_are_refused():
     other = compare.Results("c", a.scores, a.predictions.assign(uid=a.predictions["uid"] + 1))
     with pytest.raises(ValueError, match="same faces"):
         compare.pair_statistics(a, other, ["anger", "joy"], 0.5, 0)
+
+
+def test_unpaired_difference_without_overlap_is_welchs_t_test():
+    honest, leaky = [0.81, 0.77, 0.86, 0.74, 0.80], [0.97, 0.99, 0.98, 0.99, 0.96]
+    result = compare.unpaired_difference(honest, 0.0, leaky, 0.0)
+    welch = stats.ttest_ind(honest, leaky, equal_var=False)
+    assert result["mean"] == pytest.approx(np.mean(honest) - np.mean(leaky))
+    assert result["p"] == pytest.approx(welch.pvalue, rel=1e-9)
+    low, high = welch.confidence_interval(0.95)
+    assert (result["low"], result["high"]) == pytest.approx((low, high), rel=1e-9)
+    corrected = compare.unpaired_difference(honest, 0.25, leaky, 0.25)
+    assert corrected["high"] - corrected["low"] > high - low

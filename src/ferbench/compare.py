@@ -53,6 +53,27 @@ def corrected_t_interval(values, test_train_ratio: float,
     return {"mean": mean, "low": mean - margin, "high": mean + margin, "p": p}
 
 
+def unpaired_difference(a, ratio_a: float, b, ratio_b: float,
+                        confidence: float = CONFIDENCE) -> dict:
+    """Mean of scores `a` minus mean of `b` from two separate k-fold runs (the honest and the
+    leaky protocol: different folds, so no pairing), each mean's variance corrected as in
+    corrected_t_interval, with Welch-Satterthwaite degrees of freedom. With both ratios 0 it
+    is Welch's t-test."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    mean = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2:
+        return {"mean": mean, "low": None, "high": None, "p": None}
+    va = a.var(ddof=1) * (1 / len(a) + ratio_a)
+    vb = b.var(ddof=1) * (1 / len(b) + ratio_b)
+    standard_error = float(np.sqrt(va + vb))
+    if standard_error == 0:
+        return {"mean": mean, "low": mean, "high": mean, "p": 1.0 if mean == 0 else 0.0}
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    margin = float(stats.t.ppf(0.5 + confidence / 2, df)) * standard_error
+    return {"mean": mean, "low": mean - margin, "high": mean + margin,
+            "p": float(2 * stats.t.sf(abs(mean) / standard_error, df))}
+
+
 def wilcoxon_p(differences) -> float | None:
     """Two-sided Wilcoxon signed-rank p-value of paired differences (exact for few folds);
     1.0 when every difference is zero, None with fewer than two."""
@@ -211,7 +232,8 @@ def model_statistics(fold_scores: list[dict], predictions, labels: list[str], ra
     """Accuracy and macro-F1 with their 95% intervals (over folds with the corrected t; over
     test faces by bootstrap for a single fold) and calibration, for one model.
     `predictions` holds every fold's test faces: label, predicted and p_<label> columns."""
-    out = {"folds": len(fold_scores), "test_faces": int(len(predictions))}
+    out = {"folds": len(fold_scores), "test_faces": int(len(predictions)),
+           "test_train_ratio": ratio}
     if len(fold_scores) > 1:
         out["interval"] = "corrected resampled t over folds (Nadeau & Bengio 2003)"
         for key in ("accuracy", "macro_f1"):

@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ferbench import compare, paths, published
+from ferbench.config import LEAK_TWIN_SUFFIX
 
 DPI = 90
 NA = "n/a"
@@ -422,6 +423,35 @@ def comparison_section(statistics: list[dict], studies: list[Study]) -> Html:
     return Html("<h3>Paired comparisons</h3>\n" + out) if out else Html("")
 
 
+def leak_twin_section(studies: list[Study]) -> Html:
+    """Honest protocol beside its image-level twin (`leak_twin: true`): how much a leaky
+    split inflates the same model on the same data, with the difference's interval."""
+    by_key = {(s.summary["dataset"], s.summary["protocol"], s.summary["model"]): s
+              for s in studies}
+    rows = []
+    for (dataset, protocol, model), leaky in by_key.items():
+        honest = by_key.get((dataset, protocol.removesuffix(LEAK_TWIN_SUFFIX), model))
+        if not protocol.endswith(LEAK_TWIN_SUFFIX) or honest is None:
+            continue
+        ratios = [(s.statistics or {}).get("test_train_ratio", 0.0) for s in (honest, leaky)]
+        difference = compare.unpaired_difference(
+            [f["accuracy"] for f in honest.summary["folds"]], ratios[0],
+            [f["accuracy"] for f in leaky.summary["folds"]], ratios[1])
+        cells = [[_mean_std(s.summary["accuracy_mean"], s.summary["accuracy_std"]),
+                  _interval((s.statistics or {}).get("accuracy"))] for s in (honest, leaky)]
+        rows.append([model, f"{dataset} / {honest.summary['protocol']}", *cells[0], *cells[1],
+                     f"{100 * difference['mean']:+.2f}", _interval(difference),
+                     _p(difference["p"])])
+    if not rows:
+        return Html("")
+    return Html("<h3>Leak inflation: the honest protocol beside its image-level twin</h3>\n"
+                + _table(["model", "dataset / protocol", "honest accuracy", "95% interval",
+                          "image-level twin", "95% interval", "honest − leaky",
+                          "95% interval", "p"], rows,
+                         "Accuracy (%); the two runs use different folds, so the difference's "
+                         "interval adds both corrected variances (Welch degrees of freedom)"))
+
+
 def ranking_across_datasets(studies: list[Study]) -> dict | None:
     """Friedman + Nemenyi over the models every (dataset, protocol) column shares, where
     there are two or more datasets and two or more such models; None otherwise."""
@@ -719,7 +749,7 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
     with matplotlib.rc_context(RC):
         entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
-                + comparison_section(statistics, studies)
+                + comparison_section(statistics, studies) + leak_twin_section(studies)
                 + ablation_section(studies, entries) + published_section(studies, entries)
                 + studies_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
