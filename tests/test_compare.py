@@ -212,3 +212,14 @@ def test_unpaired_difference_without_overlap_is_welchs_t_test():
     assert (result["low"], result["high"]) == pytest.approx((low, high), rel=1e-9)
     corrected = compare.unpaired_difference(honest, 0.25, leaky, 0.25)
     assert corrected["high"] - corrected["low"] > high - low
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10: centre (8 + 1.96^2 / 2) / (10 + 1.96^2), half-width
+    # 1.96 sqrt(0.8 * 0.2 / 10 + 1.96^2 / 400) / (1 + 1.96^2 / 10)
+    z = stats.norm.ppf(0.975)
+    centre = (8 + z * z / 2) / (10 + z * z)
+    half = z * math.sqrt(0.8 * 0.2 / 10 + z * z / 400) / (1 + z * z / 10)
+    result = compare.wilson_interval(8, 10)
+    assert result["mean"] == 0.8
+    assert (result["low"], result["high"]) == pytest.approx((centre - half, centre + half))

@@ -124,6 +124,9 @@ def test_report_shows_intervals_the_paired_table_and_calibration(study):
     assert f"<td>[{pct(pair['low'])}, {pct(pair['high'])}]</td>" in table
     assert "Nadeau &amp; Bengio 2003" in table
     assert text.count("reliability diagram, ") == 2
+    wilson = compare.wilson_interval(10, 12)  # deepfer's fold 0
+    assert f"<td>{pct(10 / 12)}</td><td>[{pct(wilson['low'])}, {pct(wilson['high'])}]</td>" in (
+        text)
     ece = stats["models"]["deepfer"]["calibration"]["ece"]
     assert f"expected calibration error {100 * ece:.2f}%" in text
 

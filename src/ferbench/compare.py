@@ -210,6 +210,17 @@ def calibration(confidences, correct, bins: int = CALIBRATION_BINS) -> dict:
     return {"ece": float(ece), "bins": table, "faces": int(len(confidences))}
 
 
+def wilson_interval(correct: int, faces: int, confidence: float = CONFIDENCE) -> dict:
+    """Accuracy of one fold's test faces with Wilson's score interval (statsmodels): a
+    binomial proportion, good also near 0 and 1 and for few faces."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if faces == 0:
+        return {"mean": None, "low": None, "high": None, "p": None}
+    low, high = proportion_confint(correct, faces, alpha=1 - confidence, method="wilson")
+    return {"mean": correct / faces, "low": float(low), "high": float(high), "p": None}
+
+
 def inside(value: float, interval: dict) -> bool | None:
     """Whether a value lies in an interval (None where the interval is unknown)."""
     if interval.get("low") is None:
@@ -243,9 +254,12 @@ def model_statistics(fold_scores: list[dict], predictions, labels: list[str], ra
         y_true, y_pred = encoded(predictions, labels)
         for key, score in scores_on(y_true, y_pred, len(labels)).items():
             out[key] = bootstrap_interval(score, len(y_true), seed)
+    right = predictions["label"] == predictions["predicted"]
+    out["per_fold"] = [{"fold": f["fold"], **wilson_interval(
+        int(right[predictions["fold"] == f["fold"]].sum()),
+        int((predictions["fold"] == f["fold"]).sum()))} for f in fold_scores]
     probabilities = predictions[[f"p_{label}" for label in labels]].to_numpy(float)
-    out["calibration"] = calibration(probabilities.max(1) if len(probabilities) else [],
-                                     predictions["label"] == predictions["predicted"])
+    out["calibration"] = calibration(probabilities.max(1) if len(probabilities) else [], right)
     return out
 
 

@@ -493,7 +493,7 @@ def ablation_section(studies: list[Study], entries: list[published.Published]) -
         for study in studies:
             s = study.summary
             if s["model"] in components:
-                columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
+                columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = study
         for (dataset, protocol), cells in columns.items():
             if len(cells) < 2:
                 continue
@@ -503,20 +503,25 @@ def ablation_section(studies: list[Study], entries: list[published.Published]) -
                     continue
                 theirs = [f"{e.accuracy:.2f} ({e.datasets}, {e.where})" for e in entries
                           if e.paper == paper and e.model == model]
-                s = cells[model]
+                s = cells[model].summary
                 rows.append([model, parts, _mean_std(s["accuracy_mean"], s["accuracy_std"]),
+                             _interval((cells[model].statistics or {}).get("accuracy")),
                              _mean_std(s["macro_f1_mean"], s["macro_f1_std"]),
                              "<br>".join(theirs) or "—"])
-            out += _table(["model", "components", "ours: accuracy", "ours: macro-F1",
-                           "paper (%)"], rows, f"{title} — ours on {dataset} / {protocol}")
+            out += _table(["model", "components", "ours: accuracy", "95% interval",
+                           "ours: macro-F1", "paper (%)"], rows,
+                          f"{title} — ours on {dataset} / {protocol}")
     return Html("<h3>Ablations</h3>\n" + out) if out else Html("")
 
 
 def _folds_table(study: Study) -> Html:
+    wilson = {f["fold"]: f for f in (study.statistics or {}).get("per_fold", [])}
     rows = [[f["fold"], f["n_train"], f["n_val"], f["n_test"], _pct(f["accuracy"]),
-             _pct(f["macro_f1"]), NA if m is None else m["best_epoch"]]
+             _interval(wilson.get(f["fold"])), _pct(f["macro_f1"]),
+             NA if m is None else m["best_epoch"]]
             for f, m in zip(study.summary["folds"], study.metrics)]
-    return _table(["fold", "n_train", "n_val", "n_test", "accuracy", "macro-F1", "best epoch"],
+    return _table(["fold", "n_train", "n_val", "n_test", "accuracy", "95% interval (Wilson)",
+                   "macro-F1", "best epoch"],
                   rows, "Per fold (%)")
 
 
