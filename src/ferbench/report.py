@@ -295,7 +295,7 @@ def critical_difference_figure(ranking: dict) -> bytes:
         ax.plot([ranks[i], ranks[i]], [0, y], color="C0", lw=0.8)
         ax.text(ranks[i], y - 0.02, f"{models[i]} ({ranks[i]:.2f})", ha="center", va="top")
     for level, clique in enumerate(ranking["cliques"]):
-        ax.hlines(-0.1 - 0.08 * level, min(ranks[i] for i in clique) - 0.03,
+        ax.hlines(-0.1 - 0.12 * level, min(ranks[i] for i in clique) - 0.03,
                   max(ranks[i] for i in clique) + 0.03, color="C3", lw=3)
     return figure_png(fig)
 

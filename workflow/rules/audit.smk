@@ -1,6 +1,6 @@
 rule audit:
     """Near-duplicate leak audit of one (dataset, protocol): per fold, the test faces
-    whose nearest training face is within the protocol's dHash distance; closest pairs."""
+    whose nearest training face is within the protocol's dHash distance."""
     input:
         faces=path(paths.FACES_ARRAY),
         tested=tested_faces_array,
