@@ -49,7 +49,9 @@ def nearest(queries: np.ndarray, references: np.ndarray) -> tuple[np.ndarray, np
     position = np.full(len(queries), -1, dtype=np.int64)
     if len(references) == 0:
         return distance, position
-    chunk = max(1, BLOCK_BYTES // references.size)
+    # 64-bit words: XOR and popcount on 8x fewer elements than on the packed bytes
+    queries, references = (np.ascontiguousarray(h).view(np.uint64) for h in (queries, references))
+    chunk = max(1, BLOCK_BYTES // references.nbytes)
     for start in range(0, len(queries), chunk):
         block = np.bitwise_count(queries[start:start + chunk, None] ^ references[None]).sum(
             -1, dtype=np.int64)
