@@ -223,3 +223,13 @@ def test_wilson_interval_by_hand():
     result = compare.wilson_interval(8, 10)
     assert result["mean"] == 0.8
     assert (result["low"], result["high"]) == pytest.approx((centre - half, centre + half))
+
+
+def test_score_intervals_stay_within_zero_and_one():
+    scores = [0.99, 0.8, 0.98]
+    spread = [{"fold": k, "accuracy": a, "macro_f1": a} for k, a in enumerate(scores)]
+    predictions = predictions_of([[1, 1], [1, 0], [1, 1]])
+    out = compare.model_statistics(spread, predictions, ["anger", "joy"], 0.5, seed=0)
+    raw = compare.corrected_t_interval(scores, 0.5)
+    assert raw["high"] > 1 and out["accuracy"]["high"] == 1.0
+    assert 0 < raw["low"] == pytest.approx(out["accuracy"]["low"])

@@ -248,7 +248,7 @@ def model_statistics(fold_scores: list[dict], predictions, labels: list[str], ra
     if len(fold_scores) > 1:
         out["interval"] = "corrected resampled t over folds (Nadeau & Bengio 2003)"
         for key in ("accuracy", "macro_f1"):
-            out[key] = corrected_t_interval([f[key] for f in fold_scores], ratio)
+            out[key] = within_unit(corrected_t_interval([f[key] for f in fold_scores], ratio))
     else:
         out["interval"] = "percentile bootstrap over test faces"
         y_true, y_pred = encoded(predictions, labels)
@@ -261,6 +261,14 @@ def model_statistics(fold_scores: list[dict], predictions, labels: list[str], ra
     probabilities = predictions[[f"p_{label}" for label in labels]].to_numpy(float)
     out["calibration"] = calibration(probabilities.max(1) if len(probabilities) else [], right)
     return out
+
+
+def within_unit(interval: dict) -> dict:
+    """A score's symmetric t interval cut to [0, 1], where scores live (5 widely spread folds
+    can reach past 100%)."""
+    if interval["low"] is None:
+        return interval
+    return {**interval, "low": max(0.0, interval["low"]), "high": min(1.0, interval["high"])}
 
 
 def encoded(predictions, labels: list[str], suffix: str = "") -> tuple[np.ndarray, np.ndarray]:

@@ -409,7 +409,9 @@ def comparison_section(statistics: list[dict], studies: list[Study]) -> Html:
                        "faces only A / only B right", "McNemar p"], rows,
                       f"{stats['dataset']} / {stats['protocol']}: differences in points, "
                       f"{method}; Wilcoxon signed-rank over folds; McNemar's exact test on "
-                      "the pooled test faces")
+                      "the pooled test faces (it treats faces as independent and ignores how "
+                      "much the training sets vary, so it is far more confident than the "
+                      "fold-level tests)")
     ranking = ranking_across_datasets(studies)
     if ranking:
         out += (f"<p>Across {ranking['datasets']} (dataset, protocol) columns, ranked by mean "
