@@ -708,11 +708,11 @@ def audit_section(audits: list[tuple[dict, bytes | None]]) -> Html:
     if not audits:
         return Html(out + _note("No leak audit was given."))
     out += _text_paragraph(
-        "Every aligned face crop is hashed (64-bit dHash); per fold, each test face's nearest "
-        "training face by Hamming distance. A test face within the protocol's distance of a "
-        "training face is (nearly) the same picture on both sides of the split, whoever it "
-        "shows: keeping subjects apart does not catch it. `dedupe: drop` sets such faces "
-        "aside before any model is tested.")
+        "Every aligned face crop is hashed (difference hash, dHash); per fold, each test "
+        "face's nearest training face by Hamming distance is found. A test face within the "
+        "protocol's distance of a training face is (nearly) the same picture on both sides of "
+        "the split, whoever it shows: keeping subjects apart does not catch it. "
+        "`dedupe: drop` sets such faces aside before any model is tested.")
     for found, png in audits:
         rows = [[f["fold"], f["test_faces"], f["near_duplicates"], _pct(f["rate"]),
                  f["other_label"], f["dropped"]] for f in found["folds"]]
@@ -721,7 +721,7 @@ def audit_section(audits: list[tuple[dict, bytes | None]]) -> Html:
         out += _table(["fold", "test faces", "near-duplicates", "rate (%)", "with another label",
                        "dropped"], rows,
                       f"{found['dataset']} / {found['protocol']}: test faces within "
-                      f"{found['max_distance']} bits of a training face")
+                      f"{found['max_distance']} bits of a training face ({found['hash']})")
         if found["closest"]:
             closest = [[c["fold"], c["uid"], c["label"], c["train_uid"], c["train_label"],
                         c["distance"], NA if c["pixel_difference"] is None
