@@ -1,7 +1,8 @@
 # ferbench: facial-expression-recognition benchmark workflow.
 # Stages: fetch -> ingest -> faces -> folds -> augment -> train -> evaluate -> summarize -> report;
-# train -> explain -> report (attention heatmaps, t-SNE); faces -> landmarks -> train/evaluate
-# (AU attention maps) and report; folds -> dcgan -> train (DE-Capsnet's DCGAN faces);
+# train -> explain -> report (attention heatmaps, t-SNE); summarize -> compare -> report
+# (intervals, paired tests, calibration); folds -> audit -> report (near-duplicate leaks);
+# faces -> landmarks -> train/evaluate (AU attention maps) and report; folds -> dcgan -> train (DE-Capsnet's DCGAN faces);
 # train -> train (DAM-CNN's step 2 on step 1, fine-tuning on a pretraining stage);
 # folds -> private_classifier (asked for by path: the private-inference application).
 from snakemake.utils import min_version
@@ -20,6 +21,8 @@ include: "workflow/rules/augment.smk"
 include: "workflow/rules/dcgan.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/compare.smk"
+include: "workflow/rules/audit.smk"
 include: "workflow/rules/explain.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/private.smk"

@@ -53,7 +53,31 @@ def validate(config: dict, schema: dict | None = None) -> dict:
         err = errors[0]
         raise ConfigError(f"config key '{_key_path(err)}': {err.message}")
     _check_references(config)
+    _add_leak_twins(config)
     return config
+
+
+#: The image-level twin of protocol P (`leak_twin: true`) is the protocol P + this suffix.
+LEAK_TWIN_SUFFIX = "_image_twin"
+
+
+def _add_leak_twins(config: dict) -> None:
+    """For each protocol with `leak_twin: true`, add its image-level twin (same keys, kind
+    image_kfold) and a copy of each of its studies under the twin, so every stage treats
+    the twin as an ordinary protocol. Idempotent: a validated config validates unchanged."""
+    for name, protocol in list(config["protocols"].items()):
+        if not protocol.get("leak_twin"):
+            continue
+        if protocol["kind"] == "image_kfold":
+            raise ConfigError(f"config key 'protocols.{name}.leak_twin': {name} is image-level "
+                              "already")
+        twin = name + LEAK_TWIN_SUFFIX
+        config["protocols"].setdefault(twin, {
+            **{k: v for k, v in protocol.items() if k != "leak_twin"}, "kind": "image_kfold"})
+        studied = {(s["dataset"], s["protocol"]) for s in config["studies"]}
+        for study in list(config["studies"]):
+            if study["protocol"] == name and (study["dataset"], twin) not in studied:
+                config["studies"].append({**copy.deepcopy(study), "protocol": twin})
 
 
 def _check_references(config: dict) -> None:

@@ -21,7 +21,7 @@ CODE = {
     "landmarks": ["src/ferbench/landmarks.py", "src/ferbench/data/images.py",
                   "src/ferbench/mediapipe_client.py", "src/ferbench/mediapipe_worker.py",
                   "workflow/scripts/landmarks.py"],
-    "folds": ["src/ferbench/splits.py", "workflow/scripts/folds.py"],
+    "folds": ["src/ferbench/splits.py", "src/ferbench/audit.py", "workflow/scripts/folds.py"],
     "augment": ["src/ferbench/augment.py", "workflow/scripts/augment.py"],
     "dcgan": ["src/ferbench/gan_augment.py", "src/ferbench/models/dcgan.py",
               "workflow/scripts/dcgan.py"],
@@ -32,7 +32,9 @@ CODE = {
                  "workflow/scripts/summarize.py"],
     "explain": ["src/ferbench/explain.py", "src/ferbench/models", "src/ferbench/report.py",
                 "workflow/scripts/explain.py"],
-    "report": ["src/ferbench/report.py", "src/ferbench/published.py",
+    "compare": ["src/ferbench/compare.py", "workflow/scripts/compare.py"],
+    "audit": ["src/ferbench/audit.py", "src/ferbench/report.py", "workflow/scripts/audit.py"],
+    "report": ["src/ferbench/report.py", "src/ferbench/compare.py", "src/ferbench/published.py",
                "src/ferbench/published.yaml", "workflow/scripts/report.py"],
 }
 SHARED_CODE = ["src/ferbench/jobs.py", "Snakefile", "workflow/rules"]
@@ -84,8 +86,11 @@ def stages(config: dict, config_file: str) -> dict:
         folds = fill(paths.FOLDS, **w)
         tested = paths.test_dataset(config, dataset, protocol)
         face_tables = [fill(paths.FACES_TABLE, dataset=d) for d in dict.fromkeys((dataset, tested))]
+        hashed = ([fill(paths.FACES_ARRAY, dataset=d) for d in dict.fromkeys((dataset, tested))]
+                  if config["protocols"][protocol]["dedupe"] == "drop" else [])
         out[f"folds_{key}"] = _stage(
-            "folds", config_file, [folds], face_tables, [f"protocols.{protocol}", "seed"])
+            "folds", config_file, [folds], face_tables + hashed,
+            [f"protocols.{protocol}", "seed"])
         augmented = [fill(t, fold=k, **w) for k in range(n_folds)
                      for t in (paths.AUGMENT_ARRAY, paths.AUGMENT_TABLE)]
         out[f"augment_{key}"] = _stage(
@@ -127,7 +132,24 @@ def stages(config: dict, config_file: str) -> dict:
             reads + [fill(paths.MODEL, fold=paths.EXPLAINED_FOLD, **m)],
             # The record names the dataset's adapter and the protocol, for the report.
             [f"datasets.{study.dataset}", f"protocols.{study.protocol}", "seed", "device"])
+    for (dataset, protocol), models in paths.study_models(config).items():
+        w = {"dataset": dataset, "protocol": protocol}
+        n_folds = splits.fold_count(config["protocols"][protocol])
+        out[f"compare_{dataset}_{protocol}"] = _stage(
+            "compare", config_file, [fill(paths.STATISTICS, **w)],
+            [fill(paths.FOLDS, **w)] + [fill(paths.SUMMARY, model=m, **w) for m in models]
+            + [fill(paths.PREDICTIONS, model=m, fold=k, **w) for m in models
+               for k in range(n_folds)],
+            ["seed"])
+        tested = paths.test_dataset(config, dataset, protocol)
+        out[f"audit_{dataset}_{protocol}"] = _stage(
+            "audit", config_file, [fill(paths.AUDIT, **w), fill(paths.AUDIT_PAIRS, **w)],
+            [fill(paths.FOLDS, **w)] + [fill(paths.FACES_ARRAY, dataset=d)
+                                        for d in dict.fromkeys((dataset, tested))],
+            [f"protocols.{protocol}"])
     report_deps = paths.summaries(config) + paths.explanations(config) + [
+        p for template in (paths.STATISTICS, paths.AUDIT, paths.AUDIT_PAIRS)
+        for p in paths.per_protocol(template, config)] + [
         fill(t, dataset=d) for d in paths.study_datasets(config)
         for t in (paths.DETECTION, paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)]
     metrics = fill(paths.STUDY_METRICS)

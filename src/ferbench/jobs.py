@@ -105,16 +105,23 @@ def read_faces_table(path) -> pd.DataFrame:
 
 
 def make_folds(faces_table, protocol: dict, seed: int, out_path,
-               test_faces_table=None) -> pd.DataFrame:
+               test_faces_table=None, dedupe_arrays: tuple | None = None) -> pd.DataFrame:
     """Write a protocol's split table; a protocol the data cannot satisfy is reported as
     `<dataset>/<protocol>: ...`, read off the path (paths.FOLDS). `test_faces_table` is the
-    test dataset's face table of a cross-dataset protocol."""
+    test dataset's face table of a cross-dataset protocol. With `dedupe_arrays` (the trained
+    and the tested faces.npy, for `dedupe: drop`) near-duplicate test faces are set aside."""
     test_faces = read_faces_table(test_faces_table) if test_faces_table else None
     try:
         folds = splits.make_folds(read_faces_table(faces_table), protocol, seed, test_faces)
     except splits.ProtocolError as err:
         study = Path(out_path).parent
         raise splits.ProtocolError(f"{study.parent.name}/{study.name}: {err}") from None
+    if dedupe_arrays:
+        from ferbench import audit
+
+        trained, tested = (audit.dhash(np.load(p)) for p in dedupe_arrays)
+        folds = audit.drop_near_duplicates(folds, trained, tested,
+                                           protocol["duplicate_distance"])
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     folds.to_csv(out_path, index=False, lineterminator="\n")
     return folds
@@ -477,3 +484,85 @@ def report(summaries: list, detections: list, benchmark_dir, samples: list, out_
             k: round(s[k], 6) for k in ("accuracy_mean", "accuracy_std", "macro_f1_mean",
                                         "macro_f1_std")}
     write_json(out_metrics, flat)
+
+
+# -- 9. compare ------------------------------------------------------------------------------
+
+def read_predictions(path, fold: int) -> pd.DataFrame:
+    """A fold's predictions.csv (evaluate_fold), labels kept as text, with its fold number."""
+    table = pd.read_csv(path, dtype={"subject": str, "label": str, "predicted": str},
+                        keep_default_na=False)
+    return table.assign(fold=fold)
+
+
+def compare_study(summaries: list, predictions: list[list], folds_path, out_path,
+                  config: dict) -> dict:
+    """Intervals, calibration and paired tests of one (dataset, protocol)'s models
+    (compare.study_statistics); `predictions[i]` are the fold files of `summaries[i]`, in
+    fold order. Each model's parent MLflow run gets its own numbers and the JSON."""
+    from ferbench import compare
+
+    results = []
+    for summary_path, fold_files in zip(summaries, predictions):
+        s = read_json(summary_path)
+        scores = [{k: f[k] for k in ("fold", "accuracy", "macro_f1")} for f in s["folds"]]
+        table = pd.concat([read_predictions(p, f["fold"]) for f, p in zip(s["folds"], fold_files)],
+                          ignore_index=True)
+        results.append((s, compare.Results(s["model"], scores, table)))
+    first = results[0][0]
+    out = {"dataset": first["dataset"], "protocol": first["protocol"],
+           **compare.study_statistics([r for _, r in results], first["labels"],
+                                      read_folds(folds_path), config["seed"])}
+    write_json(out_path, out)
+    parents = [(s["mlflow_run_id"], s["model"]) for s, _ in results if s.get("mlflow_run_id")]
+    tracker = _tracker(config) if parents else None
+    for run_id, model in parents:
+        tracker.log_metrics(run_id, comparison_metrics(out, model))
+        tracker.log_artifact(run_id, out_path)
+    return out
+
+
+def comparison_metrics(statistics: dict, model: str) -> dict:
+    """A model's parent-run metrics from its (dataset, protocol)'s statistics: its intervals
+    and ECE, and each comparison seen from its side (this model minus the other)."""
+    own = statistics["models"][model]
+    metrics = {"ece": own["calibration"]["ece"]}
+    for key in ("accuracy", "macro_f1"):
+        metrics.update({f"{key}_ci_low": own[key]["low"], f"{key}_ci_high": own[key]["high"]})
+    for pair in statistics["pairs"]:
+        if model not in (pair["a"], pair["b"]):
+            continue
+        sign, other = (1, pair["b"]) if model == pair["a"] else (-1, pair["a"])
+        for key in ("accuracy", "macro_f1"):
+            bounds = [None if pair[key][b] is None else sign * pair[key][b]
+                      for b in ("low", "high")][::sign]
+            metrics.update({f"vs_{other}_{key}_diff": sign * pair[key]["mean"],
+                            f"vs_{other}_{key}_diff_low": bounds[0],
+                            f"vs_{other}_{key}_diff_high": bounds[1],
+                            f"vs_{other}_{key}_p": pair[key]["p"],
+                            f"vs_{other}_{key}_wilcoxon_p": pair[key]["wilcoxon_p"]})
+        metrics[f"vs_{other}_mcnemar_p"] = pair["mcnemar"]["p"]
+    return metrics
+
+
+# -- 10. audit -------------------------------------------------------------------------------
+
+def audit_study(faces_array, tested_faces_array, folds_path, max_distance: int, out_json,
+                out_png) -> dict:
+    """Near-duplicate leak audit of one (dataset, protocol) (audit.py): per fold, test faces
+    whose nearest training face is within `max_distance` dHash bits, and a sheet of the
+    closest pairs side by side."""
+    from ferbench import audit
+    from ferbench import report as report_mod
+
+    trained = np.load(faces_array)
+    tested = trained if Path(tested_faces_array) == Path(faces_array) else np.load(
+        tested_faces_array)
+    pairs = audit.fold_pairs(read_folds(folds_path), audit.dhash(trained), audit.dhash(tested))
+    study = Path(out_json).parent  # paths.AUDIT: <dataset>/<protocol>/audit.json
+    found = {"dataset": study.parent.name, "protocol": study.name,
+             **audit.summarize(pairs, max_distance, trained, tested)}
+    write_json(out_json, found)
+    Path(out_png).write_bytes(report_mod.duplicate_pairs_figure(found["closest"], trained,
+                                                                tested))
+    return found

@@ -208,3 +208,31 @@ def study_datasets(config: dict) -> list[str]:
     """Datasets used by at least one study (to train or to test), in first-use order."""
     return list(dict.fromkeys(d for s in studies(config)
                               for d in (s.dataset, test_dataset(config, s.dataset, s.protocol))))
+
+
+# Comparison stage, per (dataset, protocol): every model's intervals and calibration, every
+# pair's paired tests (compare.study_statistics).
+STATISTICS = "{results}/{dataset}/{protocol}/statistics.json"
+# Near-duplicate leak audit, per (dataset, protocol): counts per fold and the closest pairs.
+AUDIT = "{results}/{dataset}/{protocol}/audit.json"
+AUDIT_PAIRS = "{results}/{dataset}/{protocol}/audit_pairs.png"
+
+
+def study_models(config: dict) -> dict[tuple[str, str], list[str]]:
+    """The models of each (dataset, protocol) over all `studies:` entries, in config order."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for s in studies(config):
+        models = out.setdefault((s.dataset, s.protocol), [])
+        if s.model not in models:
+            models.append(s.model)
+    return out
+
+
+def per_protocol(template: str, config: dict) -> list[str]:
+    """A (dataset, protocol) template filled for every studied pair, in config order."""
+    return [fill(template, config, dataset=d, protocol=p) for d, p in study_models(config)]
+
+
+def beside_protocol(template: str, summary_path) -> Path:
+    """A (dataset, protocol) file of the study whose summary.json is given."""
+    return Path(summary_path).parent.parent / Path(template).name

@@ -21,7 +21,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ferbench import paths, published
+from ferbench import compare, paths, published
+from ferbench.config import LEAK_TWIN_SUFFIX
 
 DPI = 90
 NA = "n/a"
@@ -70,6 +71,17 @@ def _mean_std(mean: float, std: float) -> str:
     return f"{_pct(mean)} ± {_pct(std)}"
 
 
+def _interval(interval: dict | None) -> str:
+    """A 95% interval as "[low, high]" in %, n/a where there is none (one fold, one face)."""
+    if not interval or interval.get("low") is None:
+        return NA
+    return f"[{_pct(interval['low'])}, {_pct(interval['high'])}]"
+
+
+def _p(value) -> str:
+    return NA if value is None else f"{value:.3g}"
+
+
 def _table(header: list, rows: list[list], caption: str = "") -> Html:
     """A booktabs-style table; cells are escaped unless wrapped in Html."""
     head = "".join(f"<th>{_text(h)}</th>" for h in header)
@@ -108,8 +120,9 @@ def figure_png(fig: Figure) -> bytes:
 
 @dataclass
 class Study:
-    """One (dataset, protocol, model) summary with its per-fold files and its explain stage's
-    figures and record (None where missing)."""
+    """One (dataset, protocol, model) summary with its per-fold files, its explain stage's
+    figures and record, and its intervals and calibration from the compare stage (None
+    where missing)."""
 
     summary: dict
     metrics: list[dict | None]
@@ -117,6 +130,7 @@ class Study:
     attention_png: bytes | None = None
     tsne_png: bytes | None = None
     explained: dict | None = None
+    statistics: dict | None = None
 
     @property
     def title(self) -> str:
@@ -126,6 +140,10 @@ class Study:
 
 def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
 
 
 def _read_csv(path: Path) -> pd.DataFrame | None:
@@ -138,11 +156,13 @@ def load_study(summary_path: Path) -> Study:
     base = summary_path.parent
     figures = [paths.beside_summary(t, summary_path)
                for t in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE)]
+    compared = _read_json(paths.beside_protocol(paths.STATISTICS, summary_path)) or {}
     return Study(summary,
                  [_read_json(base / f["metrics"]) for f in summary["folds"]],
                  [_read_csv(base / f["history"]) for f in summary["folds"]],
                  *[f.read_bytes() if f.is_file() else None for f in figures],
-                 _read_json(paths.beside_summary(paths.EXPLAIN_INFO, summary_path)))
+                 _read_json(paths.beside_summary(paths.EXPLAIN_INFO, summary_path)),
+                 compared.get("models", {}).get(summary["model"]))
 
 
 def load_benchmarks(paths: list[Path]) -> pd.DataFrame:
@@ -253,6 +273,76 @@ def runtime_figure(runtime: pd.DataFrame) -> bytes:
     return figure_png(fig)
 
 
+def reliability_figure(calibration: dict) -> bytes:
+    """Accuracy per confidence bin against the diagonal of perfect calibration; the bar
+    widths are the bins, the gaps to the diagonal what the ECE averages."""
+    fig = Figure(figsize=(3.0, 3.0), layout="constrained")
+    ax = fig.add_subplot()
+    bins = calibration["bins"]
+    ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins],
+           [b["high"] - b["low"] for b in bins], align="edge", color="C0", edgecolor="white",
+           label="accuracy")
+    ax.plot([b["confidence"] for b in bins], [b["confidence"] for b in bins], "o", ms=3,
+            color="C3", label="mean confidence")
+    ax.plot([0, 1], [0, 1], "--", color="#555", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {100 * calibration['ece']:.2f}%")
+    ax.legend(frameon=False, loc="upper left")
+    return figure_png(fig)
+
+
+def critical_difference_figure(ranking: dict) -> bytes:
+    """Demsar's (2006) critical difference diagram: average ranks on an axis (1 = best),
+    the CD as a bar, and thick lines joining models not significantly different."""
+    models, ranks, k = ranking["models"], ranking["average_ranks"], len(ranking["models"])
+    fig = Figure(figsize=(6.0, 1.2 + 0.25 * k), layout="constrained")
+    ax = fig.add_subplot()
+    ax.set_xlim(k + 0.3, 0.7)
+    ax.set_ylim(-0.5 - 0.35 * k, 1.0)
+    ax.axis("off")
+    ax.hlines(0, 1, k, color="black")
+    for r in range(1, k + 1):
+        ax.vlines(r, 0, 0.1, color="black")
+        ax.text(r, 0.18, str(r), ha="center", va="bottom")
+    ax.hlines(0.75, 1, 1 + ranking["cd"], color="black", lw=1.5)
+    ax.text(1 + ranking["cd"] / 2, 0.82, f"CD {ranking['cd']:.2f}", ha="center", va="bottom")
+    for place, i in enumerate(np.argsort(ranks, kind="stable")):
+        y = -0.35 * (place + 1)
+        ax.plot([ranks[i], ranks[i]], [0, y], color="C0", lw=0.8)
+        ax.text(ranks[i], y - 0.02, f"{models[i]} ({ranks[i]:.2f})", ha="center", va="top")
+    for level, clique in enumerate(ranking["cliques"]):
+        ax.hlines(-0.1 - 0.12 * level, min(ranks[i] for i in clique) - 0.03,
+                  max(ranks[i] for i in clique) + 0.03, color="C3", lw=3)
+    return figure_png(fig)
+
+
+def duplicate_pairs_figure(closest: list[dict], trained: np.ndarray,
+                           tested: np.ndarray) -> bytes:
+    """The leak audit's closest (test, training) pairs side by side, test face first, with
+    fold, labels and Hamming distance; a blank sheet when there are no pairs."""
+    per_row = 4
+    rows = max(1, -(-len(closest) // per_row))
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(8.0, 1.25 * rows + 0.2), layout="constrained")
+        axes = fig.subplots(rows, 2 * per_row, squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for i, pair in enumerate(closest):
+            left, right = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row,
+                                                                      2 * (i % per_row) + 1]
+            for ax, image, role, label in ((left, tested[pair["uid"]], "test", pair["label"]),
+                                           (right, trained[pair["train_uid"]], "train",
+                                            pair["train_label"])):
+                ax.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{role} {label}", fontsize=6)
+            left.text(1.0, -0.08, f"fold {pair['fold']}, {pair['distance']} bits",
+                      transform=left.transAxes, ha="center", va="top", fontsize=6)
+        return figure_png(fig)
+
+
 # -- sections ----------------------------------------------------------------------------------
 
 def header_section(title: str, studies: list[Study]) -> Html:
@@ -278,7 +368,7 @@ BASELINE = "hog_svm"
 
 
 def _score_cell(summary: dict, best_acc: float, best_f1: float,
-                baseline: dict | None = None) -> Html:
+                statistics: dict | None = None, baseline: dict | None = None) -> Html:
     k = len(summary["folds"])
     acc = _mean_std(summary["accuracy_mean"], summary["accuracy_std"])
     f1 = _mean_std(summary["macro_f1_mean"], summary["macro_f1_std"])
@@ -286,6 +376,9 @@ def _score_cell(summary: dict, best_acc: float, best_f1: float,
         acc = f"<b>{acc}</b>"
     if round(100 * summary["macro_f1_mean"], 2) == best_f1:
         f1 = f"<b>{f1}</b>"
+    if statistics:
+        acc += f' <span class="small">{_interval(statistics["accuracy"])}</span>'
+        f1 += f' <span class="small">{_interval(statistics["macro_f1"])}</span>'
     flag = ""
     if baseline is not None and summary is not baseline and not clears(summary, baseline):
         flag = (f'<br><span class="badge no">does not clear {BASELINE}</span>')
@@ -309,15 +402,20 @@ def accuracy_section(studies: list[Study]) -> Html:
         s = study.summary
         columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
     models = list(dict.fromkeys(s.summary["model"] for s in studies))
+    intervals = {(s.summary["dataset"], s.summary["protocol"], s.summary["model"]): s.statistics
+                 for s in studies}
     best = {key: (_best(cells, "accuracy_mean"), _best(cells, "macro_f1_mean"))
             for key, cells in columns.items()}
     header = ["method"] + [_column_header(next(iter(cells.values())))
                            for cells in columns.values()]
-    rows = [[_method_cell(model, studies)] + [_score_cell(cells[model], *best[key],
-                                                          cells.get(BASELINE))
-                       if model in cells else "—" for key, cells in columns.items()]
+    rows = [[_method_cell(model, studies)]
+            + [_score_cell(cells[model], *best[key], intervals[(*key, model)],
+                           cells.get(BASELINE)) if model in cells else "—"
+               for key, cells in columns.items()]
             for model in models]
-    caption = "Test accuracy and macro-F1 (%)"
+    caption = ("Test accuracy and macro-F1 (%), mean ± std, [95% interval]: the corrected "
+               "resampled t over folds (Nadeau & Bengio 2003), or a bootstrap over test faces "
+               "for one fold")
     if any(BASELINE in cells for cells in columns.values()):
         caption += (f"; a model is flagged when its mean − std does not clear {BASELINE}'s "
                     "mean + std on the same folds")
@@ -372,9 +470,94 @@ def config_section(config: dict | None) -> Html:
     import yaml
 
     text = yaml.safe_dump(config, sort_keys=False, width=100)
-    return Html("<h2>7. Configuration</h2>\n<details><summary>The effective study config: "
+    return Html("<h2>8. Configuration</h2>\n<details><summary>The effective study config: "
                 "the study file with the schema's defaults filled in</summary>\n"
                 f"<pre>{_text(text)}</pre>\n</details>\n")
+
+
+def _difference(pair: dict, key: str) -> list:
+    d = pair[key]
+    return [f"{100 * d['mean']:+.2f}", _interval(d), _p(d["p"]), _p(d["wilcoxon_p"])]
+
+
+def comparison_section(statistics: list[dict], studies: list[Study]) -> Html:
+    """Is model A really better than B on the same folds? Paired differences with their
+    intervals and tests per (dataset, protocol), then Friedman + Nemenyi across data sets."""
+    out = ""
+    for stats in statistics:
+        if not stats["pairs"]:
+            continue
+        rows = [[f"{p['a']} − {p['b']}", p["folds"], *_difference(p, "accuracy"),
+                 *_difference(p, "macro_f1"),
+                 f"{p['mcnemar']['a_only']} / {p['mcnemar']['b_only']}",
+                 _p(p["mcnemar"]["p"])] for p in stats["pairs"]]
+        single = next(iter(stats["models"].values()))["folds"] == 1
+        method = ("percentile bootstrap over the test faces, paired" if single else
+                  "corrected resampled t-test over folds (Nadeau & Bengio 2003, variance × "
+                  f"(1/k + n_test/n_train), n_test/n_train = {stats['test_train_ratio']:.3f})")
+        out += _table(["A − B", "folds", "Δ accuracy", "95% interval", "p", "Wilcoxon p",
+                       "Δ macro-F1", "95% interval", "p", "Wilcoxon p",
+                       "faces only A / only B right", "McNemar p"], rows,
+                      f"{stats['dataset']} / {stats['protocol']}: differences in points, "
+                      f"{method}; Wilcoxon signed-rank over folds; McNemar's exact test on "
+                      "the pooled test faces (it treats faces as independent and ignores how "
+                      "much the training sets vary, so it is far more confident than the "
+                      "fold-level tests)")
+    ranking = ranking_across_datasets(studies)
+    if ranking:
+        out += (f"<p>Across {ranking['datasets']} (dataset, protocol) columns, ranked by mean "
+                f"accuracy: Friedman χ²<sub>F</sub> = {ranking['chi2']:.3f} "
+                f"(p = {_p(ranking['chi2_p'])}), Iman–Davenport F<sub>F</sub> = "
+                f"{ranking['f']:.3f} (p = {_p(ranking['f_p'])}); Nemenyi critical difference "
+                f"{ranking['cd']:.3f} at α = {ranking['alpha']} (Demsar 2006).</p>\n")
+        out += _img(critical_difference_figure(ranking), "critical difference diagram",
+                    "Average ranks (1 = best); models joined by a red bar do not differ "
+                    "significantly (Nemenyi).")
+    return Html("<h3>Paired comparisons</h3>\n" + out) if out else Html("")
+
+
+def leak_twin_section(studies: list[Study]) -> Html:
+    """Honest protocol beside its image-level twin (`leak_twin: true`): how much a leaky
+    split inflates the same model on the same data, with the difference's interval."""
+    by_key = {(s.summary["dataset"], s.summary["protocol"], s.summary["model"]): s
+              for s in studies}
+    rows = []
+    for (dataset, protocol, model), leaky in by_key.items():
+        honest = by_key.get((dataset, protocol.removesuffix(LEAK_TWIN_SUFFIX), model))
+        if not protocol.endswith(LEAK_TWIN_SUFFIX) or honest is None:
+            continue
+        ratios = [(s.statistics or {}).get("test_train_ratio", 0.0) for s in (honest, leaky)]
+        difference = compare.unpaired_difference(
+            [f["accuracy"] for f in honest.summary["folds"]], ratios[0],
+            [f["accuracy"] for f in leaky.summary["folds"]], ratios[1])
+        cells = [[_mean_std(s.summary["accuracy_mean"], s.summary["accuracy_std"]),
+                  _interval((s.statistics or {}).get("accuracy"))] for s in (honest, leaky)]
+        rows.append([model, f"{dataset} / {honest.summary['protocol']}", *cells[0], *cells[1],
+                     f"{100 * difference['mean']:+.2f}", _interval(difference),
+                     _p(difference["p"])])
+    if not rows:
+        return Html("")
+    return Html("<h3>Leak inflation: the honest protocol beside its image-level twin</h3>\n"
+                + _table(["model", "dataset / protocol", "honest accuracy", "95% interval",
+                          "image-level twin", "95% interval", "honest − leaky",
+                          "95% interval", "p"], rows,
+                         "Accuracy (%); the two runs use different folds, so the difference's "
+                         "interval adds both corrected variances (Welch degrees of freedom)"))
+
+
+def ranking_across_datasets(studies: list[Study]) -> dict | None:
+    """Friedman + Nemenyi over the models every (dataset, protocol) column shares, where
+    there are two or more datasets and two or more such models; None otherwise."""
+    columns: dict[tuple, dict[str, float]] = {}
+    for study in studies:
+        s = study.summary
+        columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s["accuracy_mean"]
+    shared = [m for m in dict.fromkeys(s.summary["model"] for s in studies)
+              if all(m in cells for cells in columns.values())]
+    if len({dataset for dataset, _ in columns}) < 2 or len(shared) < 2:
+        return None
+    scores = [[cells[m] for m in shared] for cells in columns.values()]
+    return compare.rank_models(scores, shared)
 
 
 #: The papers' ablations: which registered models differ by one component, and how.
@@ -403,7 +586,7 @@ def ablation_section(studies: list[Study], entries: list[published.Published]) -
         for study in studies:
             s = study.summary
             if s["model"] in components:
-                columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = s
+                columns.setdefault((s["dataset"], s["protocol"]), {})[s["model"]] = study
         for (dataset, protocol), cells in columns.items():
             if len(cells) < 2:
                 continue
@@ -413,20 +596,25 @@ def ablation_section(studies: list[Study], entries: list[published.Published]) -
                     continue
                 theirs = [f"{e.accuracy:.2f} ({e.datasets}, {e.where})" for e in entries
                           if e.paper == paper and e.model == model]
-                s = cells[model]
+                s = cells[model].summary
                 rows.append([model, parts, _mean_std(s["accuracy_mean"], s["accuracy_std"]),
+                             _interval((cells[model].statistics or {}).get("accuracy")),
                              _mean_std(s["macro_f1_mean"], s["macro_f1_std"]),
                              "<br>".join(theirs) or "—"])
-            out += _table(["model", "components", "ours: accuracy", "ours: macro-F1",
-                           "paper (%)"], rows, f"{title} — ours on {dataset} / {protocol}")
+            out += _table(["model", "components", "ours: accuracy", "95% interval",
+                           "ours: macro-F1", "paper (%)"], rows,
+                          f"{title} — ours on {dataset} / {protocol}")
     return Html("<h3>Ablations</h3>\n" + out) if out else Html("")
 
 
 def _folds_table(study: Study) -> Html:
+    wilson = {f["fold"]: f for f in (study.statistics or {}).get("per_fold", [])}
     rows = [[f["fold"], f["n_train"], f["n_val"], f["n_test"], _pct(f["accuracy"]),
-             _pct(f["macro_f1"]), NA if m is None else m["best_epoch"]]
+             _interval(wilson.get(f["fold"])), _pct(f["macro_f1"]),
+             NA if m is None else m["best_epoch"]]
             for f, m in zip(study.summary["folds"], study.metrics)]
-    return _table(["fold", "n_train", "n_val", "n_test", "accuracy", "macro-F1", "best epoch"],
+    return _table(["fold", "n_train", "n_val", "n_test", "accuracy", "95% interval (Wilson)",
+                   "macro-F1", "best epoch"],
                   rows, "Per fold (%)")
 
 
@@ -494,8 +682,21 @@ def study_section(study: Study, number: int) -> Html:
                 f"{_badge(s['subject_independent'])}{run_line}</h3>\n"
                 f"<p>{_text(s['protocol_description'])}</p>\n"
                 + _folds_table(study) + confusion + "<h4>Per class</h4>\n"
-                + _per_class_part(study) + "<h4>Training</h4>\n" + _curves_part(study)
+                + _per_class_part(study) + "<h4>Calibration</h4>\n" + _calibration_part(study)
+                + "<h4>Training</h4>\n" + _curves_part(study)
                 + "<h4>Attention and representations</h4>\n" + _explain_part(study))
+
+
+def _calibration_part(study: Study) -> Html:
+    """Expected calibration error and reliability diagram of the pooled test faces."""
+    calibration = (study.statistics or {}).get("calibration")
+    if not calibration or not calibration["bins"]:
+        return _note("No calibration found (the compare stage's statistics.json).")
+    return _img(reliability_figure(calibration), f"reliability diagram, {study.title}",
+                f"Reliability of the top-class probability over {calibration['faces']} pooled "
+                f"test faces, {len(calibration['bins'])} non-empty of "
+                f"{compare.CALIBRATION_BINS} equal-width bins; expected calibration error "
+                f"{100 * calibration['ece']:.2f}% (Guo et al. 2017).")
 
 
 def studies_section(studies: list[Study]) -> Html:
@@ -506,21 +707,29 @@ def studies_section(studies: list[Study]) -> Html:
 def _paper_rows(study: Study, entries: list[published.Published]) -> list[list]:
     """One row per published number for the study's model and datasets, or one saying so."""
     s = study.summary
-    ours = _mean_std(s["accuracy_mean"], s["accuracy_std"])
+    interval = (study.statistics or {}).get("accuracy")
+    ours = [_mean_std(s["accuracy_mean"], s["accuracy_std"]), _interval(interval)]
     context = (study.explained or {}).get("context")
     if not context:
-        return [[study.title, ours, "—", "—", "—",
+        return [[study.title, *ours, "—", "—", "—", "—",
                  "study context unknown (no explain-stage record), so nothing to match"]]
     matches = published.for_study(entries, context)
     if not matches:
         reported = sorted({e.datasets for e in entries if e.model == s["model"]})
         elsewhere = (f"; the papers report {s['model']} on {', '.join(reported)} (table below)"
                      if reported else "")
-        return [[study.title, ours, "—", "—", "—",
+        return [[study.title, *ours, "—", "—", "—", "—",
                  f"no published number for {s['model']} on {context['adapter']}{elsewhere}"]]
-    return [[study.title, ours, f"{e.accuracy:.2f}", f"{e.method} ({e.paper})", e.where,
+    return [[study.title, *ours, f"{e.accuracy:.2f}", _inside(e.accuracy, interval),
+             f"{e.method} ({e.paper})", e.where,
              "; ".join(published.differences(e, context)) or "same protocol"]
             for e in matches]
+
+
+def _inside(accuracy: float, interval: dict | None) -> str:
+    """Whether a published accuracy (%) lies inside our 95% interval."""
+    verdict = compare.inside(accuracy / 100, interval) if interval else None
+    return NA if verdict is None else ("yes" if verdict else "no")
 
 
 def published_section(studies: list[Study], entries: list[published.Published]) -> Html:
@@ -529,7 +738,8 @@ def published_section(studies: list[Study], entries: list[published.Published]) 
     out = "<h2>2. The papers' numbers beside ours</h2>\n"
     rows = [row for study in studies for row in _paper_rows(study, entries)]
     if rows:
-        out += _table(["study", "ours (%)", "paper (%)", "method (paper)", "where",
+        out += _table(["study", "ours (%)", "our 95% interval", "paper (%)",
+                       "paper inside our interval", "method (paper)", "where",
                        "protocol differences"], rows,
                       "Matched on model, dataset adapter (trained and tested on)")
     out += _table(["paper", "method", "model", "dataset", "classes", "protocol", "accuracy (%)",
@@ -586,6 +796,45 @@ def runtime_section(benchmarks: list[Path]) -> Html:
     return Html(out + table + _img(runtime_figure(runtime), "runtime per rule"))
 
 
+def audit_section(audits: list[tuple[dict, bytes | None]]) -> Html:
+    """The near-duplicate leak audit per (dataset, protocol): how many test faces have a
+    (nearly) identical training face, per fold, and the closest pairs side by side."""
+    out = "<h2>7. Near-duplicate leak audit</h2>\n"
+    if not audits:
+        return Html(out + _note("No leak audit was given."))
+    out += _text_paragraph(
+        "Every aligned face crop is hashed (difference hash, dHash); per fold, each test "
+        "face's nearest training face by Hamming distance is found. A test face within the "
+        "protocol's distance of a training face is (nearly) the same picture on both sides of "
+        "the split, whoever it shows: keeping subjects apart does not catch it. "
+        "`dedupe: drop` sets such faces aside before any model is tested.")
+    for found, png in audits:
+        rows = [[f["fold"], f["test_faces"], f["near_duplicates"], _pct(f["rate"]),
+                 f["other_label"], f["dropped"]] for f in found["folds"]]
+        rows.append([Html("<b>all</b>"), found["test_faces"], found["near_duplicates"],
+                     _pct(found["rate"]), found["other_label"], found["dropped"]])
+        out += _table(["fold", "test faces", "near-duplicates", "rate (%)", "with another label",
+                       "dropped"], rows,
+                      f"{found['dataset']} / {found['protocol']}: test faces within "
+                      f"{found['max_distance']} bits of a training face ({found['hash']})")
+        if found["closest"]:
+            closest = [[c["fold"], c["uid"], c["label"], c["train_uid"], c["train_label"],
+                        c["distance"], NA if c["pixel_difference"] is None
+                        else f"{c['pixel_difference']:.1f}"] for c in found["closest"]]
+            out += _table(["fold", "test face", "label", "nearest training face", "label",
+                           "Hamming bits", "mean |pixel difference|"], closest,
+                          "The closest (test, training) pairs")
+        if png:
+            out += _img(png, f"closest pairs, {found['dataset']} / {found['protocol']}",
+                        "The closest pairs side by side: test face, then its nearest "
+                        "training face.")
+    return Html(out)
+
+
+def _text_paragraph(message: str) -> Html:
+    return Html(f"<p>{_text(message)}</p>\n")
+
+
 # -- entry point -------------------------------------------------------------------------------
 
 def build_report(summaries: list[Path], detections: list[Path], benchmarks: list[Path],
@@ -593,14 +842,21 @@ def build_report(summaries: list[Path], detections: list[Path], benchmarks: list
                  samples: list[Path] = (), config: dict | None = None) -> Path:
     """Write the report and return its path; same inputs always give the same bytes."""
     studies = [load_study(Path(p)) for p in summaries]
+    protocols = list(dict.fromkeys(paths.beside_protocol(paths.STATISTICS, p).parent
+                                   for p in summaries))
+    statistics = [s for s in (_read_json(d / Path(paths.STATISTICS).name) for d in protocols)
+                  if s]
+    audits = [(found, _read_bytes(d / Path(paths.AUDIT_PAIRS).name)) for d, found in
+              ((d, _read_json(d / Path(paths.AUDIT).name)) for d in protocols) if found]
     with matplotlib.rc_context(RC):
         entries = published.load()
         body = (header_section(title, studies) + accuracy_section(studies)
+                + comparison_section(statistics, studies) + leak_twin_section(studies)
                 + ablation_section(studies, entries) + published_section(studies, entries)
                 + studies_section(studies) + recipe_section(studies)
                 + detection_section([Path(p) for p in detections], [Path(p) for p in samples])
                 + runtime_section(sorted(Path(p) for p in benchmarks))
-                + config_section(config))
+                + audit_section(audits) + config_section(config))
     document = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
                 f"<title>{_text(title)}</title>\n<style>{CSS}</style>\n</head>\n"
                 f"<body>\n{body}</body>\n</html>\n")

@@ -84,3 +84,45 @@ def recipe(wildcards):
     return ferbench_config.recipe(
         config, wildcards.dataset, wildcards.protocol, wildcards.model
     )
+
+
+def compared_models(wildcards):
+    """The models studied on this (dataset, protocol), in config order."""
+    return paths.study_models(config)[(wildcards.dataset, wildcards.protocol)]
+
+
+def compared_summaries(wildcards):
+    return [
+        path(
+            paths.SUMMARY,
+            dataset=wildcards.dataset,
+            protocol=wildcards.protocol,
+            model=m,
+        )
+        for m in compared_models(wildcards)
+    ]
+
+
+def compared_predictions(wildcards):
+    """Every fold's test predictions of every compared model, model by model."""
+    return [
+        path(
+            paths.PREDICTIONS,
+            dataset=wildcards.dataset,
+            protocol=wildcards.protocol,
+            model=m,
+            fold=k,
+        )
+        for m in compared_models(wildcards)
+        for k in fold_numbers(wildcards.protocol)
+    ]
+
+
+def dedupe_arrays(wildcards):
+    """With `dedupe: drop`, the folds stage reads the trained and tested faces to hash."""
+    if config["protocols"][wildcards.protocol]["dedupe"] != "drop":
+        return {}
+    return {
+        "dedupe_trained": path(paths.FACES_ARRAY, dataset=wildcards.dataset),
+        "dedupe_tested": tested_faces_array(wildcards),
+    }

@@ -1,6 +1,8 @@
 rule folds:
-    """The protocol's split table (train / val / test per fold), leak-checked before writing."""
+    """The protocol's split table (train / val / test per fold), leak-checked before writing;
+    with `dedupe: drop`, near-duplicate test faces are set aside (role duplicate)."""
     input:
+        unpack(dedupe_arrays),
         table=path(paths.FACES_TABLE),
         test_table=cross_dataset_faces_table,
     output:

@@ -1,10 +1,13 @@
 rule report:
     """One self-contained HTML report and a flat metrics file for `dvc metrics show`.
 
-    The report finds each study's explain-stage figures beside its summary.json."""
+    The report finds each study's explain-stage figures beside its summary.json, and its
+    (dataset, protocol)'s statistics and leak audit one folder up."""
     input:
         summaries=paths.summaries(config),
         explanations=paths.explanations(config),
+        statistics=paths.per_protocol(paths.STATISTICS, config),
+        audits=paths.per_protocol(paths.AUDIT, config),
         detections=[
             path(paths.DETECTION, dataset=d) for d in paths.study_datasets(config)
         ],

@@ -8,5 +8,10 @@ with logged(snakemake):
         snakemake.params.seed,
         snakemake.output[0],
         snakemake.input.get("test_table") or None,
+        dedupe_arrays=(
+            (snakemake.input.dedupe_trained, snakemake.input.dedupe_tested)
+            if "dedupe_trained" in snakemake.input.keys()
+            else None
+        ),
     )
     print(folds.groupby(["fold", "role"]).size().to_string())
