@@ -81,7 +81,7 @@ def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_ru
     workdir = tmp_path_factory.mktemp("killed")
     write_config(workdir, long_training_config())
     checkpoint = kill_at_first_checkpoint(workdir)
-    at_kill = torch.load(checkpoint, weights_only=False)["state"]
+    at_kill = torch.load(checkpoint, weights_only=True)["state"]
     done = at_kill["epoch"]
     assert 1 <= done < EPOCHS, "the kill must land while the fold is still training"
     fold = int(re.search(r"fold(\d+)", checkpoint.parent.name).group(1))

@@ -293,8 +293,9 @@ def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict
 
 
 def load_model(path, device: torch.device | None = None):
-    """A trained model and its labels from a `model.pt` written by train_fold."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """A trained model and its labels from a `model.pt` written by train_fold (tensors and
+    plain values only: train.UnsafeFileError for anything else)."""
+    saved = train_mod.load_tensors(path)
     # The state dict holds every weight: what the model started from is not read again.
     hp = {**saved["hyperparameters"]}
     if "init_from" in hp:

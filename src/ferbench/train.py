@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -193,11 +195,29 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain values (lists, dicts, numbers,
+    strings): unpickling such objects can run arbitrary code."""
+
+
+def load_tensors(path, map_location="cpu"):
+    """`torch.load` of a file ferbench wrote in another process (a model.pt, a checkpoint),
+    restricted to tensors and plain values (`weights_only=True`), so that a crafted file,
+    e.g. one fetched from an unauthenticated MLflow server, cannot run code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
+        raise UnsafeFileError(f"refusing to load {path}: it holds more than tensors and plain "
+                              f"values ({found.group(1) if found else 'not a weights file'}), "
+                              "and unpickling it could run code") from None
+
+
 def load_checkpoint(checkpoint: Path, fingerprint: str, device: torch.device):
     """The saved training state, or None when absent or written for other inputs/settings."""
     if not checkpoint.exists():
         return None
-    saved = torch.load(checkpoint, map_location=device, weights_only=False)
+    saved = load_tensors(checkpoint, device)
     return saved if saved["state"].get("fingerprint") == fingerprint else None
 
 
