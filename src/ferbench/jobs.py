@@ -60,7 +60,8 @@ def fetch(dataset: dict, raw_dir, seed: int, progress: bool = True) -> None:
         archive = raw_dir.parent / "download" / Path(dataset["url"]).name
         archive.parent.mkdir(parents=True, exist_ok=True)
         download.fetch(dataset["url"], archive, dataset["sha256"], progress=progress)
-        download.extract(archive, raw_dir)
+        limit = dataset.get("extract_limit_gb")
+        download.extract(archive, raw_dir, None if limit is None else int(limit * 10**9))
     else:
         raise ValueError(f"source {dataset['source']!r} has nothing to fetch")
 
