@@ -269,7 +269,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, threads: int =
     info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
     write_json(paths["run"], info)
-    checkpoint.unlink(missing_ok=True)  # only unfinished jobs keep these two
+    train_mod.remove_checkpoint(checkpoint)  # only unfinished jobs keep these
     pending.unlink(missing_ok=True)
     return info
 

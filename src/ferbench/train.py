@@ -189,10 +189,38 @@ def evaluate_loss(model, split: Split, device, batch_size: int = 256,
     return total_loss / max(1, len(split)), correct / max(1, len(split))
 
 
+def previous_checkpoint(checkpoint: Path) -> Path:
+    """Where the checkpoint before the latest is kept (`checkpoint.prev.pt`)."""
+    return checkpoint.with_name(f"{checkpoint.stem}.prev{checkpoint.suffix}")
+
+
 def _save_atomic(obj, path: Path) -> None:
+    """Write `path` so that a crash at any moment leaves a loadable checkpoint.
+
+    The new file is fsynced under a temporary name before the current one becomes
+    `previous_checkpoint(path)` and the new one takes its name; the folder is fsynced so the
+    renames are durable too. A crash between the renames leaves only the previous one,
+    which load_checkpoint falls back on."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if path.exists():
+        os.replace(path, previous_checkpoint(path))
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a finished job's checkpoints (only unfinished jobs keep them)."""
+    for path in (checkpoint, previous_checkpoint(checkpoint),
+                 checkpoint.with_suffix(checkpoint.suffix + ".tmp")):
+        path.unlink(missing_ok=True)
 
 
 class UnsafeFileError(ValueError):
@@ -207,18 +235,37 @@ def load_tensors(path, map_location="cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported (global: GLOBAL \S+|operand \d+)", str(err))
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle at all: damage, not a crafted object
+            raise
         raise UnsafeFileError(f"refusing to load {path}: it holds more than tensors and plain "
-                              f"values ({found.group(1) if found else 'not a weights file'}), "
-                              "and unpickling it could run code") from None
+                              f"values (global {found.group(1)}), and unpickling it could run "
+                              "code") from None
 
 
 def load_checkpoint(checkpoint: Path, fingerprint: str, device: torch.device):
-    """The saved training state, or None when absent or written for other inputs/settings."""
-    if not checkpoint.exists():
-        return None
-    saved = load_tensors(checkpoint, device)
-    return saved if saved["state"].get("fingerprint") == fingerprint else None
+    """The saved training state, or None when absent or written for other inputs/settings.
+
+    A checkpoint that does not load (truncated, corrupt) is passed over for the previous
+    one, and that one for a fresh start, saying so in the job's log: otherwise every retry
+    would fail on the same file. One that would run code (UnsafeFileError) is not passed
+    over: it was tampered with, and the user must look."""
+    for path, fallback in ((checkpoint, "the previous checkpoint"),
+                           (previous_checkpoint(checkpoint), "a fresh start")):
+        if not path.exists():
+            continue
+        try:
+            saved = load_tensors(path, device)
+            matches = saved["state"].get("fingerprint") == fingerprint
+        except UnsafeFileError:
+            raise
+        except Exception as err:  # torch reports damage as RuntimeError, EOFError, KeyError...
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            print(f"checkpoint {path} does not load ({reason}); falling back to {fallback}",
+                  flush=True)
+            continue
+        return saved if matches else None
+    return None
 
 
 def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: Path, seed: int,
