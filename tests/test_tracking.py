@@ -31,12 +31,13 @@ def test_a_run_is_found_by_its_tags_until_it_finishes(tracker):
 
 def test_reruns_add_no_second_metric_entry(tracker):
     run_id = tracker.start_run("parent", {tracking.ROLE_TAG: "parent"})
-    metrics = {"accuracy_mean": 0.5, "accuracy_std": 0.125}
+    metrics = {"accuracy_mean": 0.5, "accuracy_std": 0.125, "test_f1_fear": float("nan")}
     for _ in range(2):
         tracker.log_new_metrics(run_id, metrics)
     tracker.log_new_metrics(run_id, {"accuracy_mean": 0.75})  # a changed value is logged
     history = tracker.client.get_metric_history(run_id, "accuracy_mean")
     assert [m.value for m in history] == [0.5, 0.75]
     assert len(tracker.client.get_metric_history(run_id, "accuracy_std")) == 1
+    assert len(tracker.client.get_metric_history(run_id, "test_f1_fear")) == 1
     tracker.log_metrics(run_id, {"val_acc": 0.25, "val_loss": 1.0}, step=3)
     assert tracker.logged_steps(run_id, "val_acc") == {3}

@@ -13,6 +13,7 @@ SQLite allows one writer at a time: parallel fold jobs retry on "database is loc
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import subprocess
@@ -129,7 +130,7 @@ class Tracker:
         after a kill adds no second entry."""
         held = retry(self.client.get_run, run_id).data.metrics
         self.log_metrics(run_id, {key: value for key, value in metrics.items()
-                                  if value is not None and held.get(key) != float(value)})
+                                  if value is not None and not _same(held.get(key), value)})
 
     def logged_steps(self, run_id: str, key: str) -> set[int]:
         """Steps at which the run already holds metric `key`."""
@@ -143,6 +144,12 @@ class Tracker:
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         retry(self.client.set_terminated, run_id, status)
+
+
+def _same(held: float | None, value) -> bool:
+    """Whether a logged metric already has `value` (NaN, e.g. F1 of an absent class, too)."""
+    return held is not None and (held == float(value) or
+                                 (math.isnan(held) and math.isnan(float(value))))
 
 
 def _store_lock(uri: str):
