@@ -60,6 +60,8 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow.tracking import MlflowClient
 
+        if uri.startswith("sqlite:"):  # seconds of imports on a busy node: not under the lock,
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  or fold jobs queue
         self.uri = uri
         with _store_lock(uri):
             self.client = MlflowClient(tracking_uri=uri)
