@@ -118,6 +118,26 @@ def test_duplicates_across_classes_and_empty_files_are_quarantined(tmp_path):
         "fear/broken.png": "empty file"}
 
 
+def test_truncated_images_are_quarantined_with_the_reason(tmp_path):
+    """A JPEG cut short decodes in OpenCV without complaint, its lower part filled grey,
+    so it would enter the study as a face; ingest decodes each file once and refuses it."""
+    face = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (96, 96), np.uint8),
+                            (9, 9), 3)
+    (tmp_path / "happy").mkdir()
+    for name in ("whole.jpg", "whole.png"):
+        assert cv2.imwrite(str(tmp_path / "happy" / name), face)
+        data = (tmp_path / "happy" / name).read_bytes()
+        (tmp_path / "happy" / f"cut{Path(name).suffix}").write_bytes(data[:len(data) * 6 // 10])
+    decoded = cv2.imread(str(tmp_path / "happy" / "cut.jpg"), cv2.IMREAD_GRAYSCALE)
+    assert decoded.shape == face.shape and (decoded[-8:] == 128).all()  # the grey half
+    result = adapters.load("folder", tmp_path)
+    assert sorted(result.manifest["image"]) == ["happy/whole.jpg", "happy/whole.png"]
+    reasons = _reasons(result)
+    assert sorted(reasons) == ["happy/cut.jpg", "happy/cut.png"]
+    assert all(r.startswith("undecodable image: image file is truncated")
+               for r in reasons.values()), reasons
+
+
 def test_csv_with_label_codes_columns_map_and_missing_files(tmp_path):
     _tree(tmp_path, ["img/0.png", "img/1.png", "img/2.png", "img/3.png", "img/5.png"])
     pd.DataFrame({

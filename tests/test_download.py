@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import subprocess
+import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from ferbench.data.download import (ChecksumError, UnsafeArchiveError, extract, fetch,
-                                    sha256sum)
+from ferbench.data.download import (ChecksumError, IncompleteDownloadError,
+                                    UnsafeArchiveError, extract, fetch, sha256sum)
 
 FILES = {"a.txt": b"alpha\n" * 10, "sub/b.txt": b"beta\n" * 20}
 
 
-def _zip(members: dict[str, bytes]) -> bytes:
+def _zip(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+    with zipfile.ZipFile(buffer, "w") as zipped:
         for name, data in members.items():
-            zipped.writestr(zipfile.ZipInfo(name), data)
+            info = zipfile.ZipInfo(name)
+            info.compress_type = compression
+            zipped.writestr(info, data)
     return buffer.getvalue()
 
 
@@ -51,11 +57,16 @@ PAYLOAD = _zip({"data/blob.bin": hashlib.sha256(b"seed").digest() * 4096, **FILE
 
 class _Server:
     """A real HTTP server on 127.0.0.1 that serves PAYLOAD, honours (or ignores) Range
-    requests, and records every request's Range header."""
+    requests, and records every request's Range header. With `cut_after` set it promises
+    the whole body but closes the connection after that many bytes (once); with `hold`
+    cleared it stops halfway through a body until the test sets it."""
 
     def __init__(self):
         self.ranges: list[str | None] = []
         self.honour_range = True
+        self.cut_after: int | None = None
+        self.hold = threading.Event()
+        self.hold.set()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,7 +85,14 @@ class _Server:
                                      f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
                 self.send_header("Content-Length", str(len(PAYLOAD) - start))
                 self.end_headers()
-                self.wfile.write(PAYLOAD[start:])
+                body = PAYLOAD[start:]
+                if server.cut_after is not None:
+                    body, server.cut_after = body[:server.cut_after], None
+                    self.close_connection = True
+                self.wfile.write(body[:len(body) // 2])
+                self.wfile.flush()
+                server.hold.wait(timeout=60)
+                self.wfile.write(body[len(body) // 2:])
 
             def log_message(self, *args):
                 pass
@@ -116,7 +134,7 @@ def test_checksum_mismatch_raises_and_leaves_no_output(server, tmp_path):
     assert wrong in message and _digest(PAYLOAD) in message and server.url in message
     assert "\n" not in message
     assert isinstance(err.value, ValueError)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["data.zip.lock"]  # no data, no .part
 
 
 def test_resume_sends_a_range_request_and_completes_the_file(server, tmp_path):
@@ -127,6 +145,52 @@ def test_resume_sends_a_range_request_and_completes_the_file(server, tmp_path):
     assert server.ranges == [f"bytes={half}-"]
     assert dest.read_bytes() == PAYLOAD
     assert not dest.with_suffix(".zip.part").exists()
+
+
+def test_a_connection_closed_mid_body_keeps_the_part_file_and_the_next_call_resumes(
+        server, tmp_path):
+    dest = tmp_path / "data.zip"
+    cut = len(PAYLOAD) // 3
+    server.cut_after = cut
+    with pytest.raises(IncompleteDownloadError) as err:
+        fetch(server.url, dest, _digest(PAYLOAD), progress=False, chunk=4096)
+    message = str(err.value)
+    assert f"after {cut} of {len(PAYLOAD)} bytes" in message and "\n" not in message
+    assert isinstance(err.value, OSError)  # retryable, like any network failure
+    assert dest.with_suffix(".zip.part").read_bytes() == PAYLOAD[:cut]
+    assert not dest.exists()
+    fetch(server.url, dest, _digest(PAYLOAD), progress=False)
+    assert server.ranges == [None, f"bytes={cut}-"]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_two_processes_fetching_one_file_take_turns(server, tmp_path):
+    """The second process waits on the destination's lock while the first is mid-body,
+    then finds the finished file: one request, intact bytes, both succeed."""
+    dest = tmp_path / "weights" / "data.zip"
+    script = ("import sys; from ferbench.data.download import fetch; print('ready', flush=True);"
+              " fetch(sys.argv[1], sys.argv[2], sys.argv[3], progress=False, chunk=4096)")
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    server.hold.clear()
+    start = lambda: subprocess.Popen([sys.executable, "-c", script, server.url, str(dest),  # noqa: E731
+                                      _digest(PAYLOAD)], env=environment, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = start()
+    deadline = time.monotonic() + 60
+    while not server.ranges and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.ranges == [None], "the first process never reached the server"
+    second = start()
+    assert second.stdout.readline().strip() == "ready"
+    time.sleep(1.0)  # ample time for an unlocked second process to send its own request
+    requests_while_held = list(server.ranges)
+    server.hold.set()
+    for process in (first, second):
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 0, stderr
+    assert requests_while_held == [None], "the second process did not wait for the first"
+    assert server.ranges == [None]
+    assert dest.read_bytes() == PAYLOAD
 
 
 def test_server_ignoring_range_restarts_from_scratch(server, tmp_path):
@@ -154,7 +218,8 @@ def test_local_paths_and_file_urls_are_copied_with_the_same_check(tmp_path):
             == PAYLOAD
     with pytest.raises(ChecksumError):
         fetch(source.as_uri(), tmp_path / "c.zip", "f" * 64, progress=False)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "b.zip", "source.zip"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".lock") == \
+        ["a.zip", "b.zip", "source.zip"]
 
 
 def test_sha256sum_matches_hashlib(tmp_path):
@@ -187,6 +252,27 @@ def test_extract_into_an_existing_empty_folder_but_never_a_full_one(tmp_path):
     assert len(extract(archive, tmp_path / "empty")) == 2
     with pytest.raises(FileExistsError):
         extract(archive, tmp_path / "empty")
+
+
+BOMB = b"\0" * (4 << 20)  # 4 MiB of zeros: compresses about a thousandfold
+
+
+@pytest.mark.parametrize("suffix, data", [
+    (".zip", _zip({"ok.txt": b"x", "zeros.bin": BOMB}, zipfile.ZIP_DEFLATED)),
+    (".tar.gz", _tar([("ok.txt", b"x"), ("zeros.bin", BOMB)])),
+], ids=["zip", "tar.gz"])
+def test_an_archive_expanding_past_the_cap_is_refused_before_anything_is_written(
+        tmp_path, suffix, data):
+    archive = tmp_path / f"bomb{suffix}"
+    archive.write_bytes(data)
+    assert 20 * len(data) < len(BOMB)  # past the default cap of 20x the archive's size
+    with pytest.raises(UnsafeArchiveError, match=f"expand to {len(BOMB) + 1} bytes"):
+        extract(archive, tmp_path / "raw")
+    assert [p.name for p in tmp_path.iterdir()] == [archive.name]
+    with pytest.raises(UnsafeArchiveError, match="past the cap of 1000000 bytes"):
+        extract(archive, tmp_path / "raw", max_bytes=10**6)
+    files = extract(archive, tmp_path / "raw", max_bytes=len(BOMB) + 1)  # trusted: raised cap
+    assert sum(p.stat().st_size for p in files) == len(BOMB) + 1
 
 
 def _link(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:

@@ -1,21 +1,27 @@
 """Faults the workflow survives, on the real workflow (Snakemake + MLflow, no mocks).
 
 (a) a training job killed with SIGKILL mid-epoch resumes from its checkpoint and ends exactly
-    where an uninterrupted run ends; (b) a corrupt image is counted, not fatal; parallel fold
-    jobs share one SQLite MLflow store without losing or duplicating runs.
+    where an uninterrupted run ends; (a2) a study killed at three points (during training,
+    between training and evaluation, during the summary) ends with the MLflow store an
+    uninterrupted run leaves: one parent, one finished run per fold, nothing RUNNING, the
+    same metrics; (b) a corrupt image is counted, not fatal; parallel fold jobs share one
+    SQLite MLflow store without losing or duplicating runs.
 Covered elsewhere, not repeated here: (c) a malformed config stops before any job, naming the
 key (tests/test_workflow.py::test_malformed_config_stops_before_any_job); (d) an archive
 member escaping its folder is refused before anything is written
 (tests/test_download.py::test_unsafe_archives_are_refused_before_anything_is_written and
-::test_a_link_through_an_earlier_link_is_caught_while_extracting).
+::test_a_link_through_an_earlier_link_is_caught_while_extracting); a damaged checkpoint
+(tests/test_checkpoints.py), a crafted model.pt (tests/test_untrusted_files.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -24,6 +30,7 @@ import pandas as pd
 import pytest
 import torch
 
+from ferbench import tracking
 from tests.conftest import tiny_config
 from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
                                     snakemake_command, write_config)
@@ -48,44 +55,101 @@ def fold_outputs(workdir: Path, fold: int) -> tuple[dict, pd.DataFrame]:
     return metrics, pd.read_csv(folder / "history.csv")
 
 
-def kill_at_first_checkpoint(workdir: Path, timeout: float = 600) -> Path:
+def kill_when(workdir: Path, landed, timeout: float = 900):
     """Run the workflow one job at a time and SIGKILL its whole process group (Snakemake and
-    the training job, as a node failure would) as soon as a fold has checkpointed an epoch.
-    Returns the checkpoint that was left behind."""
-    cmd = snakemake_command(workdir, cores=1)
+    the running job, as a node failure would) as soon as `landed()` returns something true,
+    which is returned."""
+    cmd = snakemake_command(workdir, "--rerun-incomplete", cores=1)
     process = subprocess.Popen(cmd, cwd=workdir, env=env(), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            found = sorted((workdir / STUDY).glob("deep_emotion/fold*/checkpoint.pt"))
+            found = landed()
             if found:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(timeout=30)
-                return found[0]
-            time.sleep(0.02)
+                run_snakemake(workdir, "--unlock")  # the killed run left its lock behind
+                return found
+            time.sleep(0.01)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=30)
-    pytest.fail(f"no training checkpoint appeared (snakemake exited {process.returncode})")
+    pytest.fail(f"the kill never landed (snakemake exited {process.returncode})")
 
 
-def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(
-        tmp_path_factory):
+def first_checkpoint(workdir: Path) -> Path | None:
+    return next(iter(sorted((workdir / STUDY).glob("deep_emotion/fold*/checkpoint.pt"))), None)
+
+
+def trained_not_evaluated(workdir: Path) -> Path | None:
+    """A fold whose training job has written everything and whose evaluation has not."""
+    for folder in sorted((workdir / STUDY).glob("deep_emotion/fold*")):
+        if ((folder / "run.json").is_file() and not (folder / "checkpoint.pt").exists()
+                and not (folder / "metrics.json").exists()):
+            return folder
+    return None
+
+
+def running_parent(workdir: Path) -> str | None:
+    """Id of a parent run the summary job has created and not yet finished, read straight
+    from the SQLite file (an MLflow client per poll would be far too slow)."""
+    database = workdir / "results" / "mlflow.db"
+    if not database.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True,
+                                                timeout=0.05)) as db:
+            row = db.execute(
+                "SELECT runs.run_uuid FROM runs JOIN tags ON tags.run_uuid = runs.run_uuid "
+                "WHERE tags.key = ? AND tags.value = 'parent' AND runs.status = 'RUNNING'",
+                (tracking.ROLE_TAG,)).fetchone()
+    except sqlite3.OperationalError:  # locked by a writer, or tables not yet created
+        return None
+    return row[0] if row else None
+
+
+def store_contents(results: Path) -> dict:
+    """Every run of the store by (role, fold): status, params and each metric's full history
+    as (step, value) pairs; wall-clock values (`seconds`) and the ids that name runs differ
+    between stores and are left out."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("ferbench")
+    contents = {}
+    for run in client.search_runs([experiment.experiment_id]):
+        key = (run.data.tags[tracking.ROLE_TAG], run.data.tags.get("fold"))
+        assert key not in contents, f"two runs for {key}"
+        contents[key] = {
+            "status": run.info.status, "params": run.data.params,
+            "metrics": {name: sorted((m.step, m.value) for m in
+                                     client.get_metric_history(run.info.run_id, name))
+                        for name in run.data.metrics if name != "seconds"}}
+    return contents
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The long-training study run once without faults: what every killed run must match."""
     reference = tmp_path_factory.mktemp("uninterrupted")
     write_config(reference, long_training_config())
     run_snakemake(reference)
+    return reference
 
+
+def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(
+        uninterrupted, tmp_path_factory):
+    reference = uninterrupted
     workdir = tmp_path_factory.mktemp("killed")
     write_config(workdir, long_training_config())
-    checkpoint = kill_at_first_checkpoint(workdir)
-    at_kill = torch.load(checkpoint, weights_only=False)["state"]
+    checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
+    at_kill = torch.load(checkpoint, weights_only=True)["state"]
     done = at_kill["epoch"]
     assert 1 <= done < EPOCHS, "the kill must land while the fold is still training"
     fold = int(re.search(r"fold(\d+)", checkpoint.parent.name).group(1))
 
-    run_snakemake(workdir, "--unlock")  # the killed run left its lock behind
     run_snakemake(workdir, "--rerun-incomplete")
 
     log = (workdir / "results" / "logs" / "train" / "synthetic" / "subject_5fold" /
@@ -105,6 +169,33 @@ def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_ru
                                       expected[1].drop(columns="seconds"))
     # The resumed job kept logging into the MLflow run it started: no duplicate, no orphan.
     assert_study_finished(workdir / "results")
+
+
+def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run(
+        uninterrupted, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("killed-thrice")
+    write_config(workdir, long_training_config())
+
+    checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
+    assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] < EPOCHS
+    trained = kill_when(workdir, lambda: trained_not_evaluated(workdir))
+    assert not (trained / "metrics.json").exists()
+    orphan = kill_when(workdir, lambda: running_parent(workdir))
+    run_snakemake(workdir, "--rerun-incomplete")
+
+    results = workdir / "results"
+    assert_study_finished(results)  # one parent, one FINISHED run per fold, nested under it
+    killed, expected = store_contents(results), store_contents(uninterrupted / "results")
+    assert sorted(killed) == sorted(expected) == [("fold", "0"), ("fold", "1"), ("fold", "2"),
+                                                  ("parent", None)]
+    assert {run["status"] for run in killed.values()} == {"FINISHED"}, "RUNNING leftovers"
+    assert mlflow_runs(results)[0][0].info.run_id == orphan  # the rerun reused its parent
+    for key in expected:
+        assert killed[key]["params"] == expected[key]["params"], key
+        # Every epoch once, every test and summary metric once, with the same values.
+        assert killed[key]["metrics"] == expected[key]["metrics"], key
+    for fold in range(3):
+        assert fold_outputs(workdir, fold)[0] == fold_outputs(uninterrupted, fold)[0]
 
 
 def test_a_corrupt_image_is_counted_and_the_study_still_finishes(tmp_path):

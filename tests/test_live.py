@@ -163,7 +163,7 @@ def test_a_model_is_fetched_by_mlflow_run_id(planted, model_file, tmp_path, one_
 
 @pytest.fixture
 def model_without_face_options(model_file, tmp_path):
-    saved = torch.load(model_file, weights_only=False)
+    saved = torch.load(model_file, weights_only=True)
     del saved["faces"]
     torch.save(saved, tmp_path / "old.pt")
     return tmp_path / "old.pt"

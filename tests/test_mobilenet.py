@@ -79,7 +79,7 @@ def run_fit(folder, epochs):
     history, _, _, _ = train.fit(build(**hp), hp, tiny_split(), tiny_split(8, 1),
                                  folder / "ckpt.pt", seed=0, device=torch.device("cpu"),
                                  progress=False, fingerprint="f")
-    return history, torch.load(folder / "ckpt.pt", weights_only=False)
+    return history, torch.load(folder / "ckpt.pt", weights_only=True)
 
 
 def test_lr_steps_every_lr_step_epochs_and_is_constant_without_it():

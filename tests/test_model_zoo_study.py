@@ -115,7 +115,7 @@ def test_step_two_keeps_step_one_trunk_and_serd_frozen(zoo_study):
     results, _ = zoo_study
     for fold in range(FOLDS):
         step1, step2 = (torch.load(results / "synthetic/subject_5fold" / model / f"fold{fold}" /
-                                   "model.pt", weights_only=False)["state_dict"]
+                                   "model.pt", weights_only=True)["state_dict"]
                         for model in ("vgg_serd", "damcnn"))
         shared = [key for key in step1 if key.startswith(("trunk.", "serd."))]
         assert shared

@@ -60,7 +60,8 @@ def fetch(dataset: dict, raw_dir, seed: int, progress: bool = True) -> None:
         archive = raw_dir.parent / "download" / Path(dataset["url"]).name
         archive.parent.mkdir(parents=True, exist_ok=True)
         download.fetch(dataset["url"], archive, dataset["sha256"], progress=progress)
-        download.extract(archive, raw_dir)
+        limit = dataset.get("extract_limit_gb")
+        download.extract(archive, raw_dir, None if limit is None else int(limit * 10**9))
     else:
         raise ValueError(f"source {dataset['source']!r} has nothing to fetch")
 
@@ -246,48 +247,43 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     fingerprint = hashlib.sha256(json.dumps(
         [hp, seed, labels, threads, device.type, precision, *map(file_sha256, files)],
         sort_keys=True).encode()).hexdigest()
-    resumed = train_mod.load_checkpoint(checkpoint, fingerprint, torch.device("cpu"))
-    extra = resumed["state"]["extra"] if resumed else {}
-    # The run id is kept beside the checkpoint from the start: a job killed before its first
-    # checkpoint then logs into the same MLflow run again instead of leaving an orphan.
-    pending = checkpoint.with_name("mlflow_run.json")
-    earlier = read_json(pending) if resumed is None and pending.is_file() else {}
-    if earlier.get("fingerprint") == fingerprint:
-        extra["run_id"] = earlier["run_id"]
-    elif resumed is None:
-        params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
-                  "model": study["model"], "fold": fold, "start": start, "seed": seed,
-                  "device": device.type,
-                  "precision": precision,
-                  "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
-                  "n_val": len(val_split), "git_commit": tracking.git_commit(),
-                  "config_hash": config_hash(config),
-                  "faces_sha256": file_sha256(paths["faces"])[:16],
-                  "folds_sha256": file_sha256(paths["folds"])[:16]}
-        tags = {**study_tags(study), "fold": fold, tracking.ROLE_TAG: "fold"}
-        extra["run_id"] = tracker.start_run(f"{study['model']}-fold{fold}", tags, params)
-        write_json(pending, {"fingerprint": fingerprint, "run_id": extra["run_id"]})
+    params = {**hp, "dataset": study["dataset"], "protocol": study["protocol"],
+              "model": study["model"], "fold": fold, "start": start, "seed": seed,
+              "device": device.type,
+              "precision": precision,
+              "threads": threads, "labels": ",".join(labels), "n_train": len(train_split),
+              "n_val": len(val_split), "git_commit": tracking.git_commit(),
+              "config_hash": config_hash(config),
+              "faces_sha256": file_sha256(paths["faces"])[:16],
+              "folds_sha256": file_sha256(paths["folds"])[:16]}
+    # Created with its identifying tags in one request and looked up by them: a job killed
+    # at any point, run again, continues this run instead of leaving an orphan.
+    tags = {**study_tags(study), "fold": fold, tracking.ROLE_TAG: "fold",
+            tracking.FINGERPRINT_TAG: fingerprint}
+    run_id = tracker.open_run(f"{study['model']}-fold{fold}", tags, params,
+                              unfinished_only=True)
+    logged = tracker.logged_steps(run_id, "val_acc")  # by the killed job, if any
 
     def log_epoch(row, state_extra):
-        metrics = {k: v for k, v in row.items() if k not in ("epoch",)}
-        tracker.log_metrics(state_extra["run_id"], metrics, step=row["epoch"])
+        if row["epoch"] not in logged:  # a resumed job may retrain one the kill cut short
+            tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"},
+                                step=row["epoch"])
 
     if spec.closed_form:
         history, best_state, best_epoch = train_mod.fit_closed_form(
-            model, train_split, val_split, seed, log_epoch, extra)
+            model, train_split, val_split, seed, log_epoch, {"run_id": run_id})
     else:
-        history, best_state, best_epoch, extra = train_mod.fit(
+        history, best_state, best_epoch, _ = train_mod.fit(
             model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress,
-            extra, fingerprint, autocast)
+            {"run_id": run_id}, fingerprint, autocast)
     save_model(paths["model"], study["model"], labels, hp, best_state,
                config["datasets"][study["dataset"]]["faces"], best_epoch, start,
                {"dataset": study["dataset"], "protocol": study["protocol"], "fold": fold})
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
-    info = {"run_id": extra["run_id"], "tracking_uri": tracker.uri, "best_epoch": best_epoch,
+    info = {"run_id": run_id, "tracking_uri": tracker.uri, "best_epoch": best_epoch,
             "epochs_run": int(len(history)), "n_train": len(train_split), "n_val": len(val_split)}
     write_json(paths["run"], info)
-    checkpoint.unlink(missing_ok=True)  # only unfinished jobs keep these two
-    pending.unlink(missing_ok=True)
+    train_mod.remove_checkpoint(checkpoint)  # only unfinished jobs keep these
     return info
 
 
@@ -297,7 +293,7 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
     pretraining stage), described by its own record, so the chain back to the first
     weights is told."""
     if init:
-        saved = torch.load(init, map_location="cpu", weights_only=False, mmap=True)
+        saved = train_mod.load_tensors(init)
         where = saved.get("trained_on")
         text = saved["model"] + (f" trained on {where['dataset']}/{where['protocol']} fold "
                                  f"{where['fold']}" if where else "")
@@ -333,8 +329,9 @@ def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict
 
 
 def load_model(path, device: torch.device | None = None):
-    """A trained model and its labels from a `model.pt` written by train_fold."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    """A trained model and its labels from a `model.pt` written by train_fold (tensors and
+    plain values only: train.UnsafeFileError for anything else)."""
+    saved = train_mod.load_tensors(path)
     # The state dict holds every weight: what the model started from is not read again.
     model = models.get(saved["model"]).build(len(saved["labels"]), saved["hyperparameters"])
     model.load_state_dict(saved["state_dict"])
@@ -377,10 +374,10 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
 
     tracker = _tracker(config)
     run_id = info["run_id"]
-    tracker.log_metrics(run_id, {"test_accuracy": metrics["accuracy"],
-                                 "test_macro_f1": metrics["macro_f1"],
-                                 **{f"test_f1_{k}": v["f1"]
-                                    for k, v in metrics["per_class"].items()}})
+    tracker.log_new_metrics(run_id, {"test_accuracy": metrics["accuracy"],
+                                     "test_macro_f1": metrics["macro_f1"],
+                                     **{f"test_f1_{k}": v["f1"]
+                                        for k, v in metrics["per_class"].items()}})
     for key in ("metrics", "predictions", "history", "model"):
         tracker.log_artifact(run_id, paths[key], "model" if key == "model" else None)
     tracker.finish(run_id)
@@ -449,13 +446,15 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
         "recipe": folds[0]["recipe"], "start": folds[0]["start"],
     }
     tracker = _tracker(config)
-    parent = tracker.start_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",
-                               {**study_tags(study), tracking.ROLE_TAG: "parent"},
-                               {"folds": len(folds), "protocol_description": description,
-                                "subject_independent": independent,
-                                "config_hash": config_hash(config)})
-    tracker.log_metrics(parent, {"accuracy_mean": acc_mean, "accuracy_std": acc_std,
-                                 "macro_f1_mean": f1_mean, "macro_f1_std": f1_std})
+    # One parent per study and config: a rerun (after a kill, or of this rule) reuses it.
+    parent = tracker.open_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",
+                              {**study_tags(study), tracking.ROLE_TAG: "parent",
+                               tracking.CONFIG_TAG: config_hash(config)},
+                              {"folds": len(folds), "protocol_description": description,
+                               "subject_independent": independent,
+                               "config_hash": config_hash(config)})
+    tracker.log_new_metrics(parent, {"accuracy_mean": acc_mean, "accuracy_std": acc_std,
+                                     "macro_f1_mean": f1_mean, "macro_f1_std": f1_std})
     for m in folds:
         tracker.set_tag(m["run_id"], tracking.PARENT_TAG, parent)
     summary["mlflow_run_id"] = parent

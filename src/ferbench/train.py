@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
+import re
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -290,18 +292,83 @@ def evaluate_loss(model, split: Split, device, batch_size: int = 256,
     return total_loss / max(1, len(split)), correct / max(1, len(split))
 
 
+def previous_checkpoint(checkpoint: Path) -> Path:
+    """Where the checkpoint before the latest is kept (`checkpoint.prev.pt`)."""
+    return checkpoint.with_name(f"{checkpoint.stem}.prev{checkpoint.suffix}")
+
+
 def _save_atomic(obj, path: Path) -> None:
+    """Write `path` so that a crash at any moment leaves a loadable checkpoint.
+
+    The new file is fsynced under a temporary name before the current one becomes
+    `previous_checkpoint(path)` and the new one takes its name; the folder is fsynced so the
+    renames are durable too. A crash between the renames leaves only the previous one,
+    which load_checkpoint falls back on."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save(obj, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if path.exists():
+        os.replace(path, previous_checkpoint(path))
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def remove_checkpoint(checkpoint: Path) -> None:
+    """Delete a finished job's checkpoints (only unfinished jobs keep them)."""
+    for path in (checkpoint, previous_checkpoint(checkpoint),
+                 checkpoint.with_suffix(checkpoint.suffix + ".tmp")):
+        path.unlink(missing_ok=True)
+
+
+class UnsafeFileError(ValueError):
+    """A torch file that holds more than tensors and plain values (lists, dicts, numbers,
+    strings): unpickling such objects can run arbitrary code."""
+
+
+def load_tensors(path, map_location="cpu"):
+    """`torch.load` of a file ferbench wrote in another process (a model.pt, a checkpoint),
+    restricted to tensors and plain values (`weights_only=True`), so that a crafted file,
+    e.g. one fetched from an unauthenticated MLflow server, cannot run code."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found is None:  # not a pickle at all: damage, not a crafted object
+            raise
+        raise UnsafeFileError(f"refusing to load {path}: it holds more than tensors and plain "
+                              f"values (global {found.group(1)}), and unpickling it could run "
+                              "code") from None
 
 
 def load_checkpoint(checkpoint: Path, fingerprint: str, device: torch.device):
-    """The saved training state, or None when absent or written for other inputs/settings."""
-    if not checkpoint.exists():
-        return None
-    saved = torch.load(checkpoint, map_location=device, weights_only=False)
-    return saved if saved["state"].get("fingerprint") == fingerprint else None
+    """The saved training state, or None when absent or written for other inputs/settings.
+
+    A checkpoint that does not load (truncated, corrupt) is passed over for the previous
+    one, and that one for a fresh start, saying so in the job's log: otherwise every retry
+    would fail on the same file. One that would run code (UnsafeFileError) is not passed
+    over: it was tampered with, and the user must look."""
+    for path, fallback in ((checkpoint, "the previous checkpoint"),
+                           (previous_checkpoint(checkpoint), "a fresh start")):
+        if not path.exists():
+            continue
+        try:
+            saved = load_tensors(path, device)
+            matches = saved["state"].get("fingerprint") == fingerprint
+        except UnsafeFileError:
+            raise
+        except Exception as err:  # torch reports damage as RuntimeError, EOFError, KeyError...
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            print(f"checkpoint {path} does not load ({reason}); falling back to {fallback}",
+                  flush=True)
+            continue
+        return saved if matches else None
+    return None
 
 
 #: The columns of a training history (the rows `fit` appends), for one with no epochs.

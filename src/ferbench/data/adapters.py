@@ -210,8 +210,8 @@ def _label_map(extra: dict | None) -> dict[str, str]:
 
 
 def _problem(row: dict, root: Path, labels: dict[str, str]) -> str | None:
-    """Why a candidate row cannot enter the manifest, or None; cheap checks only (the face
-    stage decodes the pixels)."""
+    """Why a candidate row cannot enter the manifest, or None: cheap checks, and one decode
+    of each image file, which finds the truncated ones (images.decode_problem)."""
     if row.get("reason"):
         return row["reason"]
     if not row.get("label"):
@@ -233,7 +233,7 @@ def _problem(row: dict, root: Path, labels: dict[str, str]) -> str | None:
         return "missing file"
     if path.stat().st_size == 0:
         return "empty file"
-    return None
+    return None if located else images.decode_problem(path)
 
 
 def _complete(row: dict, labels: dict[str, str]) -> dict:

@@ -1,9 +1,13 @@
 """Fetch a dataset archive by URL and unpack it without trusting the archive.
 
 Downloads land in `<dest>.part` and only become `dest` once their sha256 matches, so a
-truncated or tampered file never appears as a rule's output. An interrupted download
-resumes from the `.part` file with an HTTP Range request. Extraction checks every member
-before writing anything and unpacks into a temporary sibling folder that is renamed into
+truncated or tampered file never appears as a rule's output. An interrupted download (a
+network error, or a server closing the connection before the promised length) keeps the
+`.part` file and resumes from it with an HTTP Range request. Processes fetching the same
+destination (parallel fold jobs loading the same pretrained weights) take turns through a
+lock file beside it (`<dest>.lock`, left in place: removing it would let a third process
+lock a new file while a second still waits on the old one). Extraction checks every member, and the total size they expand to,
+before writing anything, and unpacks into a temporary sibling folder that is renamed into
 place, so a refused or failed archive leaves no half-written tree.
 """
 
@@ -27,13 +31,24 @@ from tqdm import tqdm
 #: Seconds a stalled connection may stay silent before the download fails (and can resume).
 TIMEOUT = 60
 
+#: Default cap on what an archive may expand to: this many times its own size, and never
+#: more than MAX_EXTRACT_BYTES (a zip bomb is refused before it fills the disk).
+MAX_EXPANSION_RATIO = 20
+MAX_EXTRACT_BYTES = 50 * 10**9
+
+
+class IncompleteDownloadError(ConnectionError):
+    """The server closed the connection before sending the length it promised; the
+    `.part` file is kept, so calling fetch again resumes where this one stopped."""
+
 
 class ChecksumError(ValueError):
     """A downloaded file whose sha256 differs from the one the config promises."""
 
 
 class UnsafeArchiveError(ValueError):
-    """An archive member that would be written outside the target folder, or is a device."""
+    """An archive member that would be written outside the target folder, or is a device,
+    or members that together expand past the size cap."""
 
 
 def sha256sum(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -49,15 +64,23 @@ def fetch(url: str, dest: Path, sha256: str, *, progress: bool = True,
           chunk: int = 1 << 20) -> Path:
     """Download `url` (http(s), ftp, file:// or a local path) to `dest`, checked by sha256.
 
-    Returns at once when `dest` already holds the expected bytes. On a checksum mismatch
-    the partial file is deleted (resuming from it could never succeed) and ChecksumError
-    is raised; a network failure keeps `.part` so that the next call resumes.
+    Returns at once when `dest` already holds the expected bytes (also when another process
+    fetched it while this one waited for the lock). On a checksum mismatch the partial file
+    is deleted (resuming from it could never succeed) and ChecksumError is raised; a network
+    failure or a short body (IncompleteDownloadError) keeps `.part` so that the next call
+    resumes.
     """
+    from filelock import FileLock
+
     dest = Path(dest)
-    expected = sha256.strip().lower()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(dest) + ".lock"):
+        return _fetch_locked(url, dest, sha256.strip().lower(), progress, chunk)
+
+
+def _fetch_locked(url: str, dest: Path, expected: str, progress: bool, chunk: int) -> Path:
     if dest.is_file() and sha256sum(dest, chunk) == expected:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_suffix(dest.suffix + ".part")
     offset = part.stat().st_size if part.is_file() else 0
     stream, offset, total = _open(url, offset)
@@ -67,6 +90,10 @@ def fetch(url: str, dest: Path, sha256: str, *, progress: bool = True,
         while block := stream.read(chunk):
             out.write(block)
             bar.update(len(block))
+    received = part.stat().st_size
+    if total is not None and received < total:
+        raise IncompleteDownloadError(f"{url}: connection closed after {received} of {total} "
+                                      f"bytes; {part.name} is kept and the next fetch resumes")
     actual = sha256sum(part, chunk)
     if actual != expected:
         part.unlink()
@@ -124,23 +151,43 @@ def _range_start(response) -> int | None:
 # -- extraction ---------------------------------------------------------------------------
 
 
-def extract(archive: Path, target: Path) -> list[Path]:
+def extract(archive: Path, target: Path, max_bytes: int | None = None) -> list[Path]:
     """Unpack a zip or tar (plain, gz, bz2, xz) archive into `target`; returns its files.
 
     Every member is checked before anything is written; an absolute path, a `..`
-    component, a link leaving `target` or a device file raises UnsafeArchiveError.
+    component, a link leaving `target`, a device file, or members whose sizes add up to
+    more than `max_bytes` (default: `expansion_limit`) raise UnsafeArchiveError.
     `target` must be absent or empty: raw data is never merged into or overwritten.
     """
     archive, target = Path(archive), Path(target)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise FileExistsError(f"cannot extract {archive.name}: {target} exists and is not empty")
+    limit = expansion_limit(archive) if max_bytes is None else max_bytes
     if zipfile.is_zipfile(archive):
-        _unpack_zip(archive, target)
+        _unpack_zip(archive, target, limit)
     elif tarfile.is_tarfile(archive):
-        _unpack_tar(archive, target)
+        _unpack_tar(archive, target, limit)
     else:
         raise ValueError(f"{archive} is not a zip or tar archive")
     return sorted(p for p in target.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def expansion_limit(archive: Path) -> int:
+    """The default cap: MAX_EXPANSION_RATIO times the archive's size, at most
+    MAX_EXTRACT_BYTES. FER archives hold images that barely compress (ratio near 1)."""
+    return min(MAX_EXPANSION_RATIO * Path(archive).stat().st_size, MAX_EXTRACT_BYTES)
+
+
+def _check_total(archive: Path, sizes, limit: int) -> None:
+    """Refuse an archive whose members' sizes add up past `limit`, before writing any.
+
+    The sizes are the ones the members declare: tarfile writes exactly that many bytes per
+    member, and zipfile stops at the declared size and fails the CRC of a member that lies."""
+    total = sum(sizes)
+    if total > limit:
+        raise UnsafeArchiveError(f"{archive.name}: members expand to {total} bytes, past the "
+                                 f"cap of {limit} bytes (raise the dataset's extract_limit_gb "
+                                 "if the archive is trusted)")
 
 
 def _check_name(archive: Path, name: str) -> None:
@@ -168,14 +215,15 @@ def _staged(target: Path, write: Callable[[str], object]) -> None:
         raise
 
 
-def _unpack_zip(archive: Path, target: Path) -> None:
+def _unpack_zip(archive: Path, target: Path, limit: int) -> None:
     with zipfile.ZipFile(archive) as zipped:
         for name in zipped.namelist():
             _check_name(archive, name)
+        _check_total(archive, (info.file_size for info in zipped.infolist()), limit)
         _staged(target, zipped.extractall)
 
 
-def _unpack_tar(archive: Path, target: Path) -> None:
+def _unpack_tar(archive: Path, target: Path, limit: int) -> None:
     """Check names ourselves (tarfile would silently strip a leading `/`), then let the
     `data` filter vet links and special files, before and again while extracting."""
 
@@ -196,4 +244,5 @@ def _unpack_tar(archive: Path, target: Path) -> None:
                 tarfile.data_filter(member, str(target))
             except tarfile.FilterError as err:
                 raise refuse(member, err) from None
+        _check_total(archive, (member.size for member in members if member.isfile()), limit)
         _staged(target, write)

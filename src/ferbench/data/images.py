@@ -50,6 +50,29 @@ def parse_pixels(text: str) -> np.ndarray:
     return grey.astype(np.uint8).reshape(TABLE_FACE_SIDE, TABLE_FACE_SIDE)
 
 
+def decode_problem(path: str | Path) -> str | None:
+    """Why an image file does not decode to its end, or None.
+
+    OpenCV decodes a truncated JPEG without an error, its missing part grey, so such a file
+    would enter the study as a face; Pillow raises instead, so every file Pillow recognises
+    is decoded once here (JPEGs at 1/8 scale, which still reads every byte). Files Pillow
+    does not recognise are left to the face stage, which counts what OpenCV cannot read as
+    corrupt."""
+    from PIL import Image
+
+    try:
+        opened = Image.open(path)
+    except (OSError, SyntaxError, ValueError):  # not an image Pillow knows
+        return None
+    try:
+        with opened:
+            opened.draft(opened.mode, (1, 1))
+            opened.load()
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as err:
+        return f"undecodable image: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+    return None
+
+
 def read_image(root: str | Path, image: str) -> np.ndarray | None:
     """The BGR uint8 image that manifest entry `image` (relative to `root`) names, or None
     when it cannot be decoded, so that the face stage records it as corrupt."""

@@ -238,7 +238,9 @@ def read_start(init_from: str, init_sha256: str) -> tuple[dict[str, torch.Tensor
     path = _start_file(init_from, init_sha256)
     if path.suffix in (".hdf5", ".h5"):
         return read_keras(path), FER_LABELS
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    from ferbench.train import load_tensors  # train imports the model registry
+
+    saved = load_tensors(path)
     return saved["state_dict"], tuple(saved["labels"])
 
 
