@@ -77,3 +77,8 @@ def test_attention_and_representations_have_their_shapes(fitted):
     assert maps["svm_weight"].shape == (5, 5, 5)  # 32 px in 6 px cells
     assert (maps["svm_weight"] > 0).all()  # every cell is covered by some block
     assert model.representations(x)["hog"].shape == (5, model.linear.in_features)
+
+
+def test_its_start_says_it_starts_from_nothing():
+    spec = models.get("hog_svm")
+    assert jobs.describe_start(spec, spec.hyperparameters()).startswith("fitted in closed form")

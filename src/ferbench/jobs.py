@@ -298,6 +298,8 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
         text = saved["model"] + (f" trained on {where['dataset']}/{where['protocol']} fold "
                                  f"{where['fold']}" if where else "")
         return text + (f", itself from {saved['start']}" if saved.get("start") else "")
+    if spec.closed_form:
+        return "fitted in closed form (no weights to start from)"
     weights = hp.get("init_from") or hp.get("pretrained")
     if not weights:
         return "random init"
