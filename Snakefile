@@ -7,6 +7,8 @@
 # folds -> private_classifier (asked for by path: the private-inference application).
 from snakemake.utils import min_version
 
+from ferbench import tracking_server
+
 min_version("9.0")
 
 
@@ -32,3 +34,18 @@ rule all:
     default_target: True
     input:
         report_outputs(),
+
+
+# Jobs on other machines log to a tracking server started for the run, not to one SQLite
+# file on a shared file system (ferbench.tracking_server).
+onstart:
+    if tracking_server.wanted(config, workflow.local_exec):
+        tracking_server.start(config)
+
+
+onsuccess:
+    tracking_server.stop()
+
+
+onerror:
+    tracking_server.stop()

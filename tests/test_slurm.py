@@ -8,6 +8,7 @@ no accounting (so `--slurm-status-command squeue` with a long MinJobAge), no cgr
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,13 +17,15 @@ import stat
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ROOT, tiny_config
-from tests.workflow_helpers import assert_study_finished, env, run_snakemake, write_config
+from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
+                                    write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -231,6 +234,15 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, tmp_path):
     print(f"\nSLURM run of the tiny study: {time.perf_counter() - started:.0f} s")
 
     assert_study_finished(tmp_path / "results")
+    # The jobs logged to the tracking server the run started, over the results folder's
+    # store, and the server is gone with the run.
+    for run in (tmp_path / "results").rglob("run.json"):
+        uri = json.loads(run.read_text())["tracking_uri"]
+        assert uri.startswith("http://127.0.0.1:"), uri
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{uri}/health", timeout=2)
+    parents, folds = mlflow_runs(tmp_path / "results")
+    assert len(parents) == 1 and len(folds) == 3
     jobs = finished_jobs()
     rules = [re.search(r"rule_(\w+?)(_wildcards|$)", job.get("Comment", "")) for job in jobs]
     trained = [job for job, rule in zip(jobs, rules) if rule and rule.group(1) == "train"]
