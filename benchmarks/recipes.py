@@ -8,7 +8,7 @@ row per (recipe, fold) and each recipe's mean. No MLflow run, no results folder.
 
     python benchmarks/recipes.py CONFIG --dataset jaffe --protocol jaffe_loso \
         --model deep_emotion --folds 0 1 [--recipes paper small_data] [--set epochs=40]
-        [--work /tmp/recipes] [--threads 1]
+        [--work FOLDER] [--threads 1]
 """
 
 from __future__ import annotations

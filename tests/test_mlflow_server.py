@@ -2,61 +2,28 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from ferbench import tracking
+from ferbench import tracking, tracking_server
 from tests.conftest import tiny_config
-from tests.workflow_helpers import BIN, env, run_snakemake, write_config
+from tests.workflow_helpers import env, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
 def mlflow_server(tmp_path):
     """Start `mlflow server` on 127.0.0.1; stop its whole process group by PID afterwards."""
-    port = free_port()
     log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+    process, uri = tracking_server.launch(tmp_path / "server.db", tmp_path / "server-artifacts",
+                                          "127.0.0.1", tracking_server.free_port("127.0.0.1"), log,
+                                          env=env())
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n"
-                                   + (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
         yield uri
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        tracking_server.halt(process)
         log.close()
 
 

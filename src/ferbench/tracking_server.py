@@ -37,33 +37,38 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def start(config: dict, timeout: float = 120) -> str:
-    """Start the server over the results folder's store; export and return its URI."""
-    settings, results = config["mlflow"], Path(config["results"]).resolve()
-    host = settings["server_host"]
-    port = settings["server_port"] or free_port(host)
+def launch(store: Path, artifacts: Path, host: str, port: int, log, timeout: float = 120,
+           env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` over the SQLite file `store`, in its own process group, once it
+    answers /health: (process, URI). Its output goes to the open file `log`."""
     uri = f"http://{host}:{port}"
-    results.mkdir(parents=True, exist_ok=True)
-    log = open(results / "mlflow-server.log", "a")
     mlflow = Path(sys.executable).parent / "mlflow"
     process = subprocess.Popen(
         [str(mlflow), "server", "--host", host, "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{results / 'mlflow.db'}",
-         "--artifacts-destination", str(results / "mlartifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+         "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
         try:
             with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
                 if response.status == 200:
-                    break
+                    return process, uri
         except OSError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            _stop(process)
-            raise RuntimeError(f"mlflow server on {uri} did not start: see "
-                               f"{results / 'mlflow-server.log'}")
+            halt(process)
+            raise RuntimeError(f"mlflow server on {uri} did not start: see {log.name}")
         time.sleep(0.5)
+
+
+def start(config: dict) -> str:
+    """Start the server over the results folder's store; export and return its URI."""
+    settings, results = config["mlflow"], Path(config["results"]).resolve()
+    host = settings["server_host"]
+    results.mkdir(parents=True, exist_ok=True)
+    log = open(results / "mlflow-server.log", "a")
+    process, uri = launch(results / "mlflow.db", results / "mlartifacts", host,
+                          settings["server_port"] or free_port(host), log)
     _running.append((process, uri))
     os.environ["MLFLOW_TRACKING_URI"] = uri
     print(f"MLflow tracking server for this run: {uri} (pid {process.pid})", flush=True)
@@ -74,11 +79,12 @@ def stop() -> None:
     """Stop the server `start` started, if any (its whole process group, by PID)."""
     while _running:
         process, _ = _running.pop()
-        _stop(process)
+        halt(process)
         os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-def _stop(process: subprocess.Popen) -> None:
+def halt(process: subprocess.Popen) -> None:
+    """Stop a server's whole process group by its PID (SIGKILL if SIGTERM is not enough)."""
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
