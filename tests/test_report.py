@@ -13,6 +13,7 @@ from matplotlib.image import imsave
 from ferbench import paths
 from ferbench.evaluate import mean_std
 from ferbench.report import build_report
+from tests.workflow_helpers import render_in_chromium
 
 LABELS = ["anger", "happiness", "sadness"]
 MODELS = {"deep_emotion": [0.71, 0.79], "vgg<small>&co": [0.64, 0.69]}
@@ -165,6 +166,18 @@ def test_report_shows_the_input_numbers(inputs, text):
         assert f"<td>{sum(seconds):.2f}</td>" in text
     assert "subject-independent" in text and "NOT subject-independent" not in text
     assert "<td>haar</td>" in text and f"<td>{pct(0.9797)}</td>" in text
+
+
+def test_report_renders_in_a_real_browser_and_the_check_catches_faults(text, tmp_path):
+    """Headless Chromium loads the report: every image decodes, no script errors; the same
+    page with a broken image and a failing script is caught, so the check can fail."""
+    seen = render_in_chromium(tmp_path / "report.html", text)
+    assert seen["images"] >= 5 and seen["broken"] == [] and seen["errors"] == [], seen
+    faulty = text.replace("</body>", '<img alt="a broken figure" src="data:image/png;base64,AAAA">'
+                          "<script>undefined_function()</script></body>")
+    seen = render_in_chromium(tmp_path / "faulty.html", faulty)
+    assert seen["broken"] == ["a broken figure"], seen
+    assert len(seen["errors"]) == 2 and "undefined_function" in " ".join(seen["errors"]), seen
 
 
 def test_best_score_per_column_is_bold(inputs, text):
