@@ -15,6 +15,10 @@ from ferbench import mediapipe_client, tracking_server
 min_version("9.0")
 
 
+# `snakemake --report report.zip`: Snakemake's provenance report of the figures rules mark.
+report: "workflow/report/workflow.rst"
+
+
 # Jobs run in the study's working folder; the MediaPipe worker's venv is the workflow's own.
 _mediapipe_python = Path(workflow.basedir) / mediapipe_client.VENV / "bin" / "python"
 if _mediapipe_python.is_file():
