@@ -1,4 +1,6 @@
-"""`dvc repro` on a fresh copy of the project reproduces the study; a local remote round-trips."""
+"""DVC on a fresh copy of the project: `dvc repro` reproduces the study, `dvc plots` draws its
+curves and confusion matrices, `dvc status` names exactly what a change makes stale, `dvc exp
+run -S` sets a study key, and a local remote round-trips."""
 
 from __future__ import annotations
 
