@@ -5,11 +5,24 @@
 # faces -> landmarks -> train/evaluate (AU attention maps) and report; folds -> dcgan -> train (DE-Capsnet's DCGAN faces);
 # train -> train (DAM-CNN's step 2 on step 1, fine-tuning on a pretraining stage);
 # folds -> private_classifier (asked for by path: the private-inference application).
+import os
+from pathlib import Path
+
 from snakemake.utils import min_version
 
-from ferbench import tracking_server
+from ferbench import mediapipe_client, tracking_server
 
 min_version("9.0")
+
+
+# `snakemake --report report.zip`: Snakemake's provenance report of the figures rules mark.
+report: "workflow/report/workflow.rst"
+
+
+# Jobs run in the study's working folder; the MediaPipe worker's venv is the workflow's own.
+_mediapipe_python = Path(workflow.basedir) / mediapipe_client.VENV / "bin" / "python"
+if _mediapipe_python.is_file():
+    os.environ.setdefault(mediapipe_client.PYTHON_VARIABLE, str(_mediapipe_python))
 
 
 # No default configfile: a study is exactly its own file plus the schema's defaults

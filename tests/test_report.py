@@ -13,6 +13,7 @@ from matplotlib.image import imsave
 from ferbench import paths
 from ferbench.evaluate import mean_std
 from ferbench.report import build_report
+from tests.workflow_helpers import render_in_chromium
 
 LABELS = ["anger", "happiness", "sadness"]
 MODELS = {"deep_emotion": [0.71, 0.79], "vgg<small>&co": [0.64, 0.69]}
@@ -167,6 +168,18 @@ def test_report_shows_the_input_numbers(inputs, text):
     assert "<td>haar</td>" in text and f"<td>{pct(0.9797)}</td>" in text
 
 
+def test_report_renders_in_a_real_browser_and_the_check_catches_faults(text, tmp_path):
+    """Headless Chromium loads the report: every image decodes, no script errors; the same
+    page with a broken image and a failing script is caught, so the check can fail."""
+    seen = render_in_chromium(tmp_path / "report.html", text)
+    assert seen["images"] >= 5 and seen["broken"] == [] and seen["errors"] == [], seen
+    faulty = text.replace("</body>", '<img alt="a broken figure" src="data:image/png;base64,AAAA">'
+                          "<script>undefined_function()</script></body>")
+    seen = render_in_chromium(tmp_path / "faulty.html", faulty)
+    assert seen["broken"] == ["a broken figure"], seen
+    assert len(seen["errors"]) == 2 and "undefined_function" in " ".join(seen["errors"]), seen
+
+
 def test_best_score_per_column_is_bold(inputs, text):
     best = json.loads(inputs["summaries"][0].read_text())
     worst = json.loads(inputs["summaries"][1].read_text())
@@ -205,8 +218,11 @@ def test_papers_table_is_listed_even_without_a_published_number(text):
     assert "<h2>2. The papers' numbers beside ours</h2>" in text
     assert ("no published number for deep_emotion on synthetic; the papers report deep_emotion "
             "on ckplus, fer2013, ferg, jaffe (table below)") in text
-    # The transcribed table, whatever the studies: DAM-CNN's JAFFE number with its source.
-    assert "<td>99.32</td>" in text and "Table 8, Section 4.4.1" in text
+    # The transcribed table, whatever the studies: DAM-CNN's JAFFE number with its source,
+    # folded away here, since no study ran on JAFFE.
+    assert "The papers publish no number on synthetic." in text
+    folded = text.split("<summary>Published accuracies on other datasets")[1]
+    assert "<td>99.32</td>" in folded and "Table 8, Section 4.4.1" in folded
     # A study whose explain stage left no record cannot be matched, and says so.
     assert "study context unknown (no explain-stage record)" in text
 
@@ -223,6 +239,10 @@ def test_published_number_sits_beside_ours_with_the_protocol_differences(inputs,
     assert "<td>92.80</td>" in row
     assert ("split: paper a split the paper does not describe (cited from Minaee &amp; "
             "Abdolrashidi 2019 (the 213 original images)); ours subject-independent 5-fold") in row
+    # The transcribed numbers on JAFFE open the table; the other datasets' are folded away.
+    own, folded = text.split("Published accuracies on jaffe")[1].split("<details>")
+    assert "<td>99.32</td>" in own and "<td>fer2013</td>" not in own
+    assert "<td>fer2013</td>" in folded and "<td>jaffe</td>" not in folded.split("</details>")[0]
 
 
 def test_ablation_table_puts_each_component_beside_the_papers_numbers(tmp_path):

@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, tiny_config
-from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
-                                    write_config)
+from tests.workflow_helpers import (apt_install_or_skip, assert_study_finished, env,
+                                    mlflow_runs, run_snakemake, write_config)
 
 pytestmark = pytest.mark.slow
 
@@ -43,20 +43,8 @@ def tool(name: str) -> str | None:
 
 
 def ensure_slurm_installed() -> None:
-    """Install SLURM and munge with apt where missing; skip, saying why, where that is impossible."""
-    if all(tool(name) for name in TOOLS):
-        return
-    if os.geteuid() != 0:
-        pytest.skip("SLURM is not installed and installing it (apt-get) needs root")
-    if not shutil.which("apt-get"):
-        pytest.skip("SLURM is not installed and apt-get is not available on this machine")
-    apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (["apt-get", "update"],
-                ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES]):
-        done = subprocess.run(cmd, env=apt, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            pytest.skip(f"`{' '.join(cmd)}` failed, SLURM cannot be installed: "
-                        f"{done.stderr.strip()[-500:]}")
+    """Install SLURM and munge with apt where missing; skip, saying why, where impossible."""
+    apt_install_or_skip("SLURM", PACKAGES, lambda: all(tool(name) for name in TOOLS))
 
 
 def free_port() -> int:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -93,3 +95,61 @@ def assert_study_finished(results: Path, model: str = "deep_emotion", folds: int
         assert child.info.status == "FINISHED"
         assert child.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
         assert {"val_acc", "train_loss", "test_accuracy"} <= set(child.data.metrics)
+
+
+def apt_install_or_skip(what: str, packages: tuple[str, ...], installed) -> None:
+    """Install Debian `packages` unless `installed()` says they are there; skip, saying why,
+    where that is impossible (not root, no apt-get, apt-get failed)."""
+    if installed():
+        return
+    if os.geteuid() != 0:
+        pytest.skip(f"{what} is not installed and installing it (apt-get) needs root")
+    if not shutil.which("apt-get"):
+        pytest.skip(f"{what} is not installed and apt-get is not available on this machine")
+    apt = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update"],
+                ["apt-get", "install", "-y", "--no-install-recommends", *packages]):
+        done = subprocess.run(cmd, env=apt, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            pytest.skip(f"`{' '.join(cmd)}` failed, {what} cannot be installed: "
+                        f"{done.stderr.strip()[-500:]}")
+
+
+#: Injected first into a page's <head>: records script errors and resources that failed to
+#: load, and on `load` writes them, with every image that did not decode, into the DOM.
+BROWSER_CHECK = """<script>
+window.ferbenchErrors = [];
+window.addEventListener("error", e => window.ferbenchErrors.push(
+  e.message || ("failed to load " + (e.target.alt || e.target.tagName))), true);
+window.addEventListener("load", () => {
+  const broken = [...document.images].filter(i => !i.complete || i.naturalWidth === 0)
+    .map(i => i.alt || i.src.slice(0, 60));
+  const out = document.createElement("pre");
+  out.id = "ferbench-check";
+  out.textContent = JSON.stringify({images: document.images.length, broken,
+                                    errors: window.ferbenchErrors});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def chromium() -> str:
+    """Debian's headless-capable Chromium (`.ci/run` installs it; skip where it cannot be)."""
+    apt_install_or_skip("chromium", ("chromium",), lambda: shutil.which("chromium"))
+    return shutil.which("chromium")
+
+
+def render_in_chromium(page: Path, html: str) -> dict:
+    """Load `html` (written to `page`) in headless Chromium: {images, broken, errors}."""
+    page.write_text(html.replace("<head>", "<head>" + BROWSER_CHECK, 1), encoding="utf-8")
+    result = subprocess.run(
+        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={page.parent / 'chromium-profile'}", "--virtual-time-budget=10000",
+         "--dump-dom", page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    marker = '<pre id="ferbench-check">'
+    assert marker in result.stdout, f"the page never finished loading: {result.stderr[-2000:]}"
+    dumped = result.stdout.split(marker, 1)[1].split("</pre>", 1)[0]
+    return json.loads(dumped.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">")
+                      .replace("&amp;", "&"))

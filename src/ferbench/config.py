@@ -1,7 +1,8 @@
 """Study configuration: schema validation with defaults, and cross-reference checks.
 
-The schema lives in `workflow/schemas/config.schema.yaml` (the Snakemake convention); this
-module is the one place that reads it, so the CLI, the Snakefile and the tests agree.
+The schema is package data, `ferbench/config.schema.yaml`, so an installed ferbench validates
+without the repository; this module is the one place that reads it, so the CLI, the
+Snakefile and the tests agree.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
 class ConfigError(ValueError):

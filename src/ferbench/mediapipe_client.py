@@ -3,8 +3,9 @@
 mediapipe 0.10.21, the last release whose wheel carries the BlazeFace and face-mesh models,
 needs numpy<2 and protobuf<5; the main environment needs numpy>=2 and protobuf>=5. So the
 worker runs as one long-lived subprocess per stage under the interpreter named by
-FERBENCH_MEDIAPIPE_PYTHON, else the repository's `.venv-mediapipe` (`make install` builds it
-from `workflow/envs/mediapipe-requirements.txt`), and images travel to it over a pipe.
+FERBENCH_MEDIAPIPE_PYTHON (the Snakefile points it at the workflow's own `.venv-mediapipe`),
+else `.venv-mediapipe` in the working folder (`make install` builds it from
+`workflow/envs/mediapipe-requirements.txt`), and images travel to it over a pipe.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ferbench.faces import Detection
 
 WORKER = Path(__file__).with_name("mediapipe_worker.py")
 PYTHON_VARIABLE = "FERBENCH_MEDIAPIPE_PYTHON"
-DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".venv-mediapipe"
+VENV = ".venv-mediapipe"
 
 
 class MediapipeUnavailable(RuntimeError):
@@ -29,12 +30,12 @@ class MediapipeUnavailable(RuntimeError):
 
 
 def interpreter() -> Path:
-    """The Python that has mediapipe: $FERBENCH_MEDIAPIPE_PYTHON, else .venv-mediapipe."""
-    python = Path(os.environ.get(PYTHON_VARIABLE) or DEFAULT_VENV / "bin" / "python")
+    """The Python that has mediapipe: $FERBENCH_MEDIAPIPE_PYTHON, else ./.venv-mediapipe."""
+    python = Path(os.environ.get(PYTHON_VARIABLE) or Path.cwd() / VENV / "bin" / "python")
     if not python.is_file():
         raise MediapipeUnavailable(
-            f"no mediapipe interpreter at {python}: run `make install` (it builds "
-            f".venv-mediapipe) or set {PYTHON_VARIABLE} to a Python with mediapipe==0.10.21")
+            f"no mediapipe interpreter at {python}: run `make install` (it builds {VENV}) "
+            f"or set {PYTHON_VARIABLE} to a Python with mediapipe==0.10.21")
     return python
 
 

@@ -732,9 +732,21 @@ def _inside(accuracy: float, interval: dict | None) -> str:
     return NA if verdict is None else ("yes" if verdict else "no")
 
 
+def _published_table(entries: list[published.Published], caption: str) -> Html:
+    return _table(["paper", "method", "model", "dataset", "classes", "protocol", "accuracy (%)",
+                   "where"],
+                  [[e.paper, e.method, e.model,
+                    e.datasets,
+                    e.class_set or "not stated",
+                    f"{published.split_words(e.kind, e.folds)}: {e.protocol}",
+                    f"{e.accuracy:.2f}", e.where + (f". {e.note}" if e.note else "")]
+                   for e in entries], caption)
+
+
 def published_section(studies: list[Study], entries: list[published.Published]) -> Html:
     """The papers' numbers beside ours, each with where the protocols differ, then the
-    whole transcribed table for reference."""
+    transcribed table: the numbers on the study's own datasets first, the rest folded away
+    (`<details>`), so the report opens on what the user ran."""
     out = "<h2>2. The papers' numbers beside ours</h2>\n"
     rows = [row for study in studies for row in _paper_rows(study, entries)]
     if rows:
@@ -742,15 +754,18 @@ def published_section(studies: list[Study], entries: list[published.Published]) 
                        "paper inside our interval", "method (paper)", "where",
                        "protocol differences"], rows,
                       "Matched on model, dataset adapter (trained and tested on)")
-    out += _table(["paper", "method", "model", "dataset", "classes", "protocol", "accuracy (%)",
-                   "where"],
-                  [[e.paper, e.method, e.model,
-                    e.datasets,
-                    e.class_set or "not stated",
-                    f"{published.split_words(e.kind, e.folds)}: {e.protocol}",
-                    f"{e.accuracy:.2f}", e.where + (f". {e.note}" if e.note else "")]
-                   for e in entries],
-                  "Published accuracies, transcribed from the source papers")
+    contexts = [(study.explained or {}).get("context") or {} for study in studies]
+    ours = {c[key] for c in contexts for key in ("adapter", "test_adapter") if c.get(key)}
+    own = [e for e in entries if {e.dataset, e.tested_on} & ours]
+    rest = [e for e in entries if e not in own]
+    named = ", ".join(sorted(ours)) or "this study's datasets"
+    out += (_published_table(own, f"Published accuracies on {named}, transcribed from the "
+                                  "source papers") if own
+            else _note(f"The papers publish no number on {named}."))
+    if rest:
+        out += (f"<details><summary>Published accuracies on other datasets ({len(rest)})"
+                f"</summary>\n{_published_table(rest, 'Transcribed from the source papers')}"
+                "</details>\n")
     return Html(out)
 
 

@@ -7,7 +7,12 @@ rule audit:
         folds=path(paths.FOLDS),
     output:
         audit=path(paths.AUDIT),
-        pairs=path(paths.AUDIT_PAIRS),
+        pairs=report(
+            path(paths.AUDIT_PAIRS),
+            caption="../report/audit_pairs.rst",
+            category="Leak audit",
+            subcategory="{dataset} {protocol}",
+        ),
     log:
         log_path("audit", "{dataset}/{protocol}"),
     benchmark:

@@ -6,7 +6,12 @@ rule dcgan:
     output:
         array=path(paths.DCGAN_ARRAY),
         table=path(paths.DCGAN_TABLE),
-        samples=path(paths.DCGAN_SAMPLES),
+        samples=report(
+            path(paths.DCGAN_SAMPLES),
+            caption="../report/dcgan_samples.rst",
+            category="DCGAN faces",
+            subcategory="{dataset} {protocol}",
+        ),
     log:
         log_path("dcgan", "{dataset}/{protocol}/fold{fold}"),
     benchmark:

@@ -9,8 +9,18 @@ rule explain:
         folds=path(paths.FOLDS),
         model=path(paths.MODEL, fold=paths.EXPLAINED_FOLD),
     output:
-        attention=path(paths.EXPLAIN_ATTENTION),
-        tsne=path(paths.EXPLAIN_TSNE),
+        attention=report(
+            path(paths.EXPLAIN_ATTENTION),
+            caption="../report/attention.rst",
+            category="Explanations",
+            subcategory="{dataset} {protocol} {model}",
+        ),
+        tsne=report(
+            path(paths.EXPLAIN_TSNE),
+            caption="../report/tsne.rst",
+            category="Explanations",
+            subcategory="{dataset} {protocol} {model}",
+        ),
         info=path(paths.EXPLAIN_INFO),
     log:
         log_path("explain", "{dataset}/{protocol}/{model}"),

@@ -6,7 +6,12 @@ rule faces:
     output:
         array=path(paths.FACES_ARRAY),
         table=path(paths.FACES_TABLE),
-        samples=path(paths.FACES_SAMPLES),
+        samples=report(
+            path(paths.FACES_SAMPLES),
+            caption="../report/faces_samples.rst",
+            category="Faces",
+            subcategory="{dataset}",
+        ),
         stats=path(paths.DETECTION),
     log:
         log_path("faces", "{dataset}"),

@@ -6,7 +6,12 @@ rule landmarks:
         array=path(paths.FACES_ARRAY),
     output:
         array=path(paths.LANDMARKS_ARRAY),
-        samples=path(paths.LANDMARKS_SAMPLES),
+        samples=report(
+            path(paths.LANDMARKS_SAMPLES),
+            caption="../report/landmarks_samples.rst",
+            category="Faces",
+            subcategory="{dataset}",
+        ),
     log:
         log_path("landmarks", "{dataset}"),
     benchmark:

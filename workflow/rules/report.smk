@@ -17,7 +17,11 @@ rule report:
             for template in (paths.FACES_SAMPLES, paths.LANDMARKS_SAMPLES)
         ],
     output:
-        html=path(paths.REPORT),
+        html=report(
+            path(paths.REPORT),
+            caption="../report/report.rst",
+            category="ferbench report",
+        ),
         metrics=path(paths.STUDY_METRICS),
     log:
         log_path("report", "report"),
