@@ -273,8 +273,22 @@ def online_augment(x: torch.Tensor, settings: dict, generator: torch.Generator) 
     # Output (x, y) -> input: scale * R(angle) * diag(mirror, 1) (x, y) + shift, in [-1, 1].
     theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1),
                          torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    grid = affine_grid(theta.to(x.device, x.dtype), *x.shape[-2:])
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`F.affine_grid(theta, (B, C, H, W), align_corners=False)`, by broadcasting.
+
+    torch's batched matmul with an inner size of 3 took half of online_augment's time on
+    the CPU (as long as the bilinear sampling itself); two multiply-adds per pixel do not."""
+    def centres(n: int) -> torch.Tensor:  # pixel centres in [-1, 1]
+        return (torch.arange(n, dtype=theta.dtype, device=theta.device) * 2 + 1) / n - 1
+
+    xs, ys = centres(width), centres(height)[:, None]
+    rows = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1): one output coordinate per row
+    grid = rows[:, :, 0] * xs + rows[:, :, 1] * ys + rows[:, :, 2]  # (B, 2, H, W)
+    return grid.permute(0, 2, 3, 1)
 
 
 @torch.no_grad()
