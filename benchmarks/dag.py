@@ -44,10 +44,11 @@ def matrix_config() -> dict:
     return config
 
 
-def snakemake(workdir: Path, *args: str) -> tuple[float, str]:
-    """Wall time and output of one `snakemake` call on the repository's Snakefile."""
+def snakemake(workdir: Path, *args: str, cores: int = 2) -> tuple[float, str]:
+    """Wall time and output of one `snakemake` call on the repository's Snakefile, with
+    `workdir`'s study.yaml (benchmarks/parallel_folds.py runs its study through it too)."""
     cmd = [str(BIN / "snakemake"), "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "2", f"--configfile={workdir / 'study.yaml'}", *args]
+           str(workdir), "--cores", str(cores), f"--configfile={workdir / 'study.yaml'}", *args]
     environment = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=workdir, env=environment, capture_output=True, text=True)

@@ -124,6 +124,13 @@ def test_online_augmentation_flip_alone_mirrors_some_faces_and_keeps_the_others(
     assert (kept | mirrored).all() and kept.any() and mirrored.any()
 
 
+def test_online_augmentation_grid_is_torchs_affine_grid():
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    for height, width in [(24, 24), (16, 40)]:
+        expected = F.affine_grid(theta, [5, 1, height, width], align_corners=False)
+        assert torch.allclose(train.affine_grid(theta, height, width), expected, atol=1e-6)
+
+
 def test_online_augmentation_at_identity_settings_and_off():
     x = faces_with_a_copy()
     assert torch.allclose(augmented(x, settings=IDENTITY), x, atol=1e-5)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
 def classification_metrics(y_true, y_pred, labels) -> dict:
     """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (counts)."""
+    # Imported here: sklearn takes 1.5 s or more to import, and every job imports this module
+    # (through ferbench.jobs), the training jobs included.
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     index = list(range(len(labels)))
     precision, recall, f1, support = precision_recall_fscore_support(
