@@ -392,7 +392,8 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
                                         for k, v in metrics["per_class"].items()}})
     for key in ("metrics", "predictions", "history"):
         tracker.log_artifact(run_id, paths[key])
-    log_mlflow_model(tracker, run_id, paths["model"])
+    if config["mlflow"]["log_models"]:
+        log_mlflow_model(tracker, run_id, paths["model"])
     tracker.finish(run_id)
     return metrics
 
