@@ -107,6 +107,8 @@ def test_mlflow_runs_and_models_uris_give_the_model_file_table(table, photos, mo
     run_id = tracker.start_run("deep_emotion-fold0", {})
     model_uri = jobs.log_mlflow_model(tracker, run_id, model_file)
     assert tracker.register("ferbench-photos", model_uri, run_id) == 1
+    assert jobs.log_mlflow_model(tracker, run_id, model_file) == model_uri  # reruns add
+    assert tracker.register("ferbench-photos", model_uri, run_id) == 1  # no model, no version
     for source in (f"runs:/{run_id}/model", "models:/ferbench-photos/1"):
         served = predict_api([photos / "photo.png", photos / "photo16.tiff"], source, uri)
         expected = table[table["file"].isin(served["file"])].reset_index(drop=True)
