@@ -40,8 +40,9 @@ CONFIG_TAG = "ferbench.config_hash"
 #: MLflow's log_batch takes at most this many params per request.
 PARAMS_PER_BATCH = 100
 
-#: The experiment tag MLflow's UI reads to open on the runs table (model training), not on
-#: the GenAI overview it shows an untagged experiment (its ExperimentKind values).
+#: The experiment's kind as MLflow records it (its UI's ExperimentKind values): model
+#: training, not GenAI. MLflow 3.17's UI opens on the pages of its GenAI/Model training
+#: switch instead (`?workflowType=machine_learning`; the README says so).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 #: Name of each fold run's logged model: `runs:/<run id>/model`.
 MODEL_NAME = "model"
