@@ -2,9 +2,10 @@
 
 The MobileNet-CL paper's real-time system (§5.2): detect all faces of a frame with Haar, prepare
 each one exactly as the training faces were (`faces.preprocess_face` with the face options the
-model's `model.pt` records, then `train.Split`/`train.predict` for resizing, scaling to [-1, 1]
-and the softmax), classify the frame's faces as one batch, and time the three stages the paper
-reports: detection ms/frame, preprocessing ms/face and classification ms/face.
+model's `model.pt` or its MLflow model's metadata records, then `train.Split`/`train.predict`
+for resizing, scaling to [-1, 1] and the softmax), classify the frame's faces as one batch,
+and time the three stages the paper reports: detection ms/frame, preprocessing ms/face and
+classification ms/face.
 
 Detection may run on a downscaled copy of the frame (`detect_scale`); the boxes are mapped back
 and every crop is cut from the full-resolution frame, so only the detector sees fewer pixels.
