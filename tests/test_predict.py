@@ -115,3 +115,8 @@ def test_mlflow_runs_and_models_uris_give_the_model_file_table(table, photos, mo
         pd.testing.assert_frame_equal(served, expected, atol=1e-6)
     with pytest.raises(ValueError, match="cannot load MLflow model models:/ferbench-photos/2"):
         predict_api(photos / "photo.png", "models:/ferbench-photos/2", uri)
+    closed_form = live.write_untrained_model(tmp_path / "hog.pt", "hog_svm", LABELS,
+                                             vars(faces.FaceOptions()))
+    baseline = tracker.start_run("hog_svm-fold0", {})
+    assert jobs.log_mlflow_model(tracker, baseline, closed_form) is None  # numpy features
+    assert tracker.logged_model(baseline) is None
