@@ -489,7 +489,8 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
     for m in folds:
         tracker.set_tag(m["run_id"], tracking.PARENT_TAG, parent)
     summary["mlflow_run_id"] = parent
-    summary["registered_model"] = register_best_fold(tracker, study, folds, acc_mean)
+    summary["registered_model"] = (register_best_fold(tracker, study, folds, acc_mean)
+                                   if config["mlflow"]["log_models"] else None)
     if summary["registered_model"]:
         tracker.set_tag(parent, "ferbench.registered_model",
                         summary["registered_model"]["uri"])
