@@ -67,3 +67,18 @@ def test_the_ui_sees_model_training_a_source_and_one_dataset_input(tracker, tmp_
     (dataset,) = [d.dataset for d in tracker.client.get_run(run_id).inputs.dataset_inputs]
     assert (dataset.name, dataset.digest) == ("synthetic", "0123456789abcdef")
     assert '"image"' in dataset.schema and "num_rows" in dataset.profile
+
+
+def test_system_metrics_are_logged_while_the_block_runs(tracker):
+    import time
+
+    run_id = tracker.start_run("fold0", TAGS)
+    with tracker.system_metrics(run_id, interval_s=0.5):
+        time.sleep(1.6)  # about three samples
+    logged = set(tracker.client.get_run(run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} \
+        <= logged
+    quiet = tracker.start_run("fold1", {**TAGS, "fold": "1"})
+    with tracker.system_metrics(quiet, interval_s=0):
+        time.sleep(0.6)
+    assert not tracker.client.get_run(quiet).data.metrics
