@@ -26,6 +26,9 @@ def tiny_config(results: Path, **overrides) -> dict:
                           "models": ["deep_emotion"]}]
     config["models"] = {"deep_emotion": {"epochs": 2, "patience": 2, "batch_size": 32}}
     config["augment"]["copies"] = 1
+    # A few seconds per fold (torch.export): logged only by the test that reads them back,
+    # tests/test_mlflow_server.py.
+    config["mlflow"]["log_models"] = False
     for key, value in overrides.items():
         config[key] = value
     return copy.deepcopy(config)

@@ -112,8 +112,8 @@ def running_parent(workdir: Path) -> str | None:
 
 def store_contents(results: Path) -> dict:
     """Every run of the store by (role, fold): status, params and each metric's full history
-    as (step, value) pairs; wall-clock values (`seconds`) and the ids that name runs differ
-    between stores and are left out."""
+    as (step, value) pairs; wall-clock values (`seconds`, MLflow's `system/` metrics) and the
+    ids that name runs differ between stores and are left out."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
@@ -126,7 +126,8 @@ def store_contents(results: Path) -> dict:
             "status": run.info.status, "params": run.data.params,
             "metrics": {name: sorted((m.step, m.value) for m in
                                      client.get_metric_history(run.info.run_id, name))
-                        for name in run.data.metrics if name != "seconds"}}
+                        for name in run.data.metrics
+                        if name != "seconds" and not name.startswith("system/")}}
     return contents
 
 

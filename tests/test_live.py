@@ -15,7 +15,7 @@ import torch
 
 from ferbench import cli, faces, live, tracking
 from ferbench import train as train_mod
-from ferbench.jobs import load_model
+from ferbench.jobs import load_model, log_mlflow_model
 
 LABELS = ["neutral", "happiness", "surprise"]
 FRAMES, FACES = 6, 3
@@ -149,16 +149,15 @@ def test_a_model_is_fetched_by_mlflow_run_id(planted, model_file, tmp_path, one_
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     tracker = tracking.Tracker(uri, "live-test", tmp_path)
     run_id = tracker.start_run("deep_emotion-fold0", {})
-    tracker.log_artifact(run_id, model_file, "model")
-    out = tmp_path / "out"
+    log_mlflow_model(tracker, run_id, model_file)
+    out = tmp_path / "out"  # the same weights as the file: tests/test_predict.py
     assert run_live(planted[0], "--run-id", run_id, "--tracking-uri", uri, "-o", out,
                     "--max-frames", 2) == 0
-    assert (out / "model" / "model.pt").read_bytes() == Path(model_file).read_bytes()
     rows, _, summary = read_outputs(out)
     assert summary["frames"] == 2 and len(rows) == 2 * FACES
     capsys.readouterr()
     assert run_live(planted[0], "--run-id", "0" * 32, "--tracking-uri", uri, "-o", out) == 2
-    assert "cannot fetch model/model.pt of MLflow run" in capsys.readouterr().err
+    assert f"cannot load MLflow model runs:/{'0' * 32}/model" in capsys.readouterr().err
 
 
 @pytest.fixture

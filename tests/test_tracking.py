@@ -41,3 +41,44 @@ def test_reruns_add_no_second_metric_entry(tracker):
     assert len(tracker.client.get_metric_history(run_id, "test_f1_fear")) == 1
     tracker.log_metrics(run_id, {"val_acc": 0.25, "val_loss": 1.0}, step=3)
     assert tracker.logged_steps(run_id, "val_acc") == {3}
+
+
+def test_the_ui_sees_model_training_a_source_and_one_dataset_input(tracker, tmp_path):
+    import pandas as pd
+
+    experiment = tracker.client.get_experiment(tracker.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    tracker.client.delete_experiment_tag(tracker.experiment_id, "mlflow.experimentKind")
+    again = tracking.Tracker(tracker.uri, "tracking-test", tmp_path)  # one made by hand
+    assert again.client.get_experiment(again.experiment_id).tags[
+        "mlflow.experimentKind"] == "custom_model_development"
+
+    run_id = tracker.open_run("fold0", TAGS, source="workflow/scripts/train.py")
+    tags = tracker.client.get_run(run_id).data.tags
+    assert tags["mlflow.source.name"] == "workflow/scripts/train.py"
+    assert tags["mlflow.source.type"] == "JOB"
+    assert tags["mlflow.source.git.commit"] == tracking.git_commit()
+    assert tracker.open_run("fold0", TAGS, unfinished_only=True) == run_id  # not identity
+
+    manifest = pd.DataFrame({"image": ["a.png", "b.png"], "label": ["fear", "neutral"]})
+    for _ in range(2):  # a rerun
+        tracker.log_dataset(run_id, manifest, str(tmp_path / "manifest.csv"), "synthetic",
+                            "0123456789abcdef")
+    (dataset,) = [d.dataset for d in tracker.client.get_run(run_id).inputs.dataset_inputs]
+    assert (dataset.name, dataset.digest) == ("synthetic", "0123456789abcdef")
+    assert '"image"' in dataset.schema and "num_rows" in dataset.profile
+
+
+def test_system_metrics_are_logged_while_the_block_runs(tracker):
+    import time
+
+    run_id = tracker.start_run("fold0", TAGS)
+    with tracker.system_metrics(run_id, interval_s=0.5):
+        time.sleep(1.6)  # about three samples
+    logged = set(tracker.client.get_run(run_id).data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} \
+        <= logged
+    quiet = tracker.start_run("fold1", {**TAGS, "fold": "1"})
+    with tracker.system_metrics(quiet, interval_s=0):
+        time.sleep(0.6)
+    assert not tracker.client.get_run(quiet).data.metrics

@@ -70,19 +70,33 @@ def test_a_checkpoint_that_would_run_code_is_refused_naming_the_file(crafted, tm
     assert_refused(str(err.value), checkpoint, marker)
 
 
-def test_ferbench_live_refuses_a_crafted_model_fetched_by_mlflow_run_id(crafted, tmp_path,
-                                                                         capsys):
-    """The remote path of the issue: model/model.pt of a run on a tracking store."""
-    path, marker = crafted
+def test_ferbench_live_refuses_a_pickled_mlflow_model_fetched_by_run_id(tmp_path, capsys,
+                                                                        monkeypatch):
+    """The remote path of the issue: a fold run's MLflow model on a tracking store, saved as
+    a pickle carrying the payload instead of a torch.export graph, is refused even where
+    MLflow's own switch would unpickle it."""
+    import mlflow
+    import mlflow.pytorch
+
+    marker = tmp_path / "code-ran"
+    network, saved = jobs.load_model(live.write_untrained_model(
+        tmp_path / "model.pt", "deep_emotion", ["happiness", "neutral"],
+        vars(faces.FaceOptions())))
+    network.note = CreatesAFile(marker)
     uri = "sqlite:///" + str(tmp_path / "mlflow.db")
     tracker = tracking.Tracker(uri, "untrusted", tmp_path)
     run_id = tracker.start_run("deep_emotion-fold0", {})
-    tracker.log_artifact(run_id, path, "model")
-    out = tmp_path / "out"
+    mlflow.set_tracking_uri(uri)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.pytorch.log_model(network, name=tracking.MODEL_NAME,
+                                 serialization_format="pickle", pip_requirements=[],
+                                 metadata={tracking.METADATA_KEY: {"model": saved["model"]}})
+    monkeypatch.setenv("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "true")
     code = cli.main(["live", str(tmp_path / "no-video-needed.avi"), "--run-id", run_id,
-                     "--tracking-uri", uri, "-o", str(out), "--quiet"])
+                     "--tracking-uri", uri, "-o", str(tmp_path / "out"), "--quiet"])
     assert code == 2
     errors = [line for line in capsys.readouterr().err.splitlines()
               if line.startswith("ferbench: error:")]  # MLflow logs its own lines too
     assert len(errors) == 1
-    assert_refused(errors[0], out / "model" / "model.pt", marker)
+    assert f"runs:/{run_id}/model" in errors[0] and "refusing to load it" in errors[0]
+    assert not marker.exists(), "the crafted model ran code"

@@ -98,7 +98,7 @@ def test_mlflow_holds_one_nested_run_per_fold(tiny_runs):
         history = client.get_metric_history(child.info.run_id, "val_acc")
         assert len(history) == int(child.data.params["epochs"])
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"metrics.json", "history.csv", "predictions.csv", "model"} <= artifacts
+        assert {"metrics.json", "history.csv", "predictions.csv"} <= artifacts
 
 
 def test_a_study_without_models_trains_the_paper_defaults_under_its_own_block(tiny_runs):

@@ -3,8 +3,10 @@
     ferbench manifest ADAPTER ROOT [-o FILE]   read a dataset in its native layout, print counts
     ferbench models                            list the model registry (input size, parameters)
     ferbench dvc-yaml [--config FILE]          regenerate dvc.yaml from the Snakemake study
-    ferbench live SOURCE --model PATH | --run-id ID   expressions of every face in a video,
-                                               a webcam or an image folder (docs/live.md)
+    ferbench live SOURCE --model PATH|URI | --run-id ID   expressions of every face in a
+                                               video, a webcam or an image folder (docs/live.md)
+    ferbench predict IMAGE_OR_FOLDER... --model PATH|URI [--format csv|jsonl] [--out FILE]
+                                               every face of still images, as a table
     ferbench deal-private / serve-private / query-private   private inference (docs/privacy.md)
 """
 
@@ -19,6 +21,11 @@ from pathlib import Path
 
 #: `ferbench live`'s default thread count for torch and OpenCV.
 LIVE_THREADS = min(2, os.cpu_count() or 1)
+MODEL_HELP = ("a model.pt written by the workflow's train stage, or an MLflow model: "
+              "runs:/<fold run id>/model or models:/ferbench-<dataset>-<protocol>-<model>/"
+              "<version>")
+TRACKING_HELP = ("MLflow tracking URI for a runs:/ or models:/ model (default: "
+                 "MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
 
 def _manifest(args) -> int:
     from ferbench.data import adapters
@@ -81,19 +88,41 @@ def _dvc_yaml(args) -> int:
     return 0
 
 
-def _live(args) -> int:
+def _device(name: str, threads: int):
+    """The torch device `--device` names (auto: CUDA when present), with `threads` CPU
+    threads for torch and OpenCV."""
     import cv2
     import torch
 
-    from ferbench import live
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
+    return torch.device(name if name != "auto" else
+                        "cuda" if torch.cuda.is_available() else "cpu")
 
-    torch.set_num_threads(args.threads)
-    cv2.setNumThreads(args.threads)
+
+def _predict(args) -> int:
+    from ferbench import prediction
+
+    table = prediction.predict(args.images, args.model, args.tracking_uri,
+                               _device(args.device, args.threads))
+    if args.out:
+        with open(args.out, "w", newline="") as handle:
+            prediction.write(table, handle, args.format)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        prediction.write(table, sys.stdout, args.format)
+    print(f"{len(table)} faces in {table['file'].nunique()} of "
+          f"{len(prediction.image_files(args.images))} images", file=sys.stderr)
+    return 0
+
+
+def _live(args) -> int:
+    from ferbench import live, tracking
+
     out_dir = Path(args.output)
-    device = torch.device(args.device if args.device != "auto" else
-                          "cuda" if torch.cuda.is_available() else "cpu")
-    path = live.model_path(args.model, args.run_id, args.tracking_uri, out_dir / "model")
-    model = live.load_live_model(path, device)
+    device = _device(args.device, args.threads)
+    model = live.load_live_model(args.model or f"runs:/{args.run_id}/{tracking.MODEL_NAME}",
+                                 device, args.tracking_uri)
     source = live.open_source(args.source, args.fps)
     display = args.display and live.display_available()
     if args.display and not display:
@@ -192,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "video or image folder")
     p.add_argument("source", help="webcam index (0), video file or folder of images")
     model = p.add_mutually_exclusive_group(required=True)
-    model.add_argument("--model", help="a model.pt written by the workflow's train stage")
-    model.add_argument("--run-id", help="an MLflow fold run whose artifact model/model.pt to use")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for --run-id (default: "
-                                          "MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)")
+    model.add_argument("--model", help=MODEL_HELP)
+    model.add_argument("--run-id", help="an MLflow fold run whose model to use (the same as "
+                                        "--model runs:/ID/model)")
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
     p.add_argument("-o", "--output", default="live-output",
                    help="folder for annotated.mp4, faces.jsonl, faces.csv, summary.json")
     p.add_argument("--detect-scale", type=float, default=0.5,
@@ -216,6 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "window (when a display exists); q quits")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_live)
+
+    p = sub.add_parser("predict", help="the expression of every face in image files or "
+                                       "folders, as a CSV or JSON Lines table")
+    p.add_argument("images", nargs="+", help="image files and folders of images")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--tracking-uri", help=TRACKING_HELP)
+    p.add_argument("--format", choices=["csv", "jsonl"], default="csv",
+                   help="csv (default) or jsonl, one face a row")
+    p.add_argument("--out", help="write the table to this file (default: print it)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=LIVE_THREADS,
+                   help="CPU threads for torch and OpenCV (default: as ferbench live)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("deal-private", help="the dealer of private inference: one-time "
                                             "correlated randomness for client and server")

@@ -261,7 +261,10 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     tags = {**study_tags(study), "fold": fold, tracking.ROLE_TAG: "fold",
             tracking.FINGERPRINT_TAG: fingerprint}
     run_id = tracker.open_run(f"{study['model']}-fold{fold}", tags, params,
-                              unfinished_only=True)
+                              unfinished_only=True, source="workflow/scripts/train.py")
+    manifest = Path(paths["manifest"])
+    tracker.log_dataset(run_id, manifest_mod.read(manifest), str(manifest.resolve()),
+                        study["dataset"], file_sha256(manifest)[:16])
     logged = tracker.logged_steps(run_id, "val_acc")  # by the killed job, if any
 
     def log_epoch(row, state_extra):
@@ -269,13 +272,14 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
             tracker.log_metrics(run_id, {k: v for k, v in row.items() if k != "epoch"},
                                 step=row["epoch"])
 
-    if spec.closed_form:
-        history, best_state, best_epoch = train_mod.fit_closed_form(
-            model, train_split, val_split, seed, log_epoch, {"run_id": run_id})
-    else:
-        history, best_state, best_epoch, _ = train_mod.fit(
-            model, hp, train_split, val_split, checkpoint, seed, device, log_epoch, progress,
-            {"run_id": run_id}, fingerprint, autocast)
+    with tracker.system_metrics(run_id, config["mlflow"]["system_metrics_s"]):
+        if spec.closed_form:
+            history, best_state, best_epoch = train_mod.fit_closed_form(
+                model, train_split, val_split, seed, log_epoch, {"run_id": run_id})
+        else:
+            history, best_state, best_epoch, _ = train_mod.fit(
+                model, hp, train_split, val_split, checkpoint, seed, device, log_epoch,
+                progress, {"run_id": run_id}, fingerprint, autocast)
     save_model(paths["model"], study["model"], labels, hp, best_state,
                config["datasets"][study["dataset"]]["faces"], best_epoch, start,
                {"dataset": study["dataset"], "protocol": study["protocol"], "fold": fold})
@@ -334,10 +338,16 @@ def load_model(path, device: torch.device | None = None):
     """A trained model and its labels from a `model.pt` written by train_fold (tensors and
     plain values only: train.UnsafeFileError for anything else)."""
     saved = train_mod.load_tensors(path)
+    return build_model(saved, saved["state_dict"], device), saved
+
+
+def build_model(record: dict, state_dict: dict, device: torch.device | None = None):
+    """The network a model.pt record (model, labels, hyperparameters) describes, with
+    `state_dict`'s weights, in eval mode."""
     # The state dict holds every weight: what the model started from is not read again.
-    model = models.get(saved["model"]).build(len(saved["labels"]), saved["hyperparameters"])
-    model.load_state_dict(saved["state_dict"])
-    return model.to(device or torch.device("cpu")).eval(), saved
+    model = models.get(record["model"]).build(len(record["labels"]), record["hyperparameters"])
+    model.load_state_dict(state_dict)
+    return model.to(device or torch.device("cpu")).eval()
 
 
 # -- 6. evaluate -----------------------------------------------------------------------------
@@ -380,10 +390,28 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
                                      "test_macro_f1": metrics["macro_f1"],
                                      **{f"test_f1_{k}": v["f1"]
                                         for k, v in metrics["per_class"].items()}})
-    for key in ("metrics", "predictions", "history", "model"):
-        tracker.log_artifact(run_id, paths[key], "model" if key == "model" else None)
+    for key in ("metrics", "predictions", "history"):
+        tracker.log_artifact(run_id, paths[key])
+    if config["mlflow"]["log_models"]:
+        log_mlflow_model(tracker, run_id, paths["model"])
     tracker.finish(run_id)
     return metrics
+
+
+def log_mlflow_model(tracker: tracking.Tracker, run_id: str, path) -> str | None:
+    """A fold's model.pt as the run's MLflow model (Tracker.log_model), exported on the CPU
+    with an input example of two face tensors (two: the batch size stays free), or None for
+    a closed-form model, whose numpy features torch.export cannot trace."""
+    network, saved = load_model(path)
+    spec = models.get(saved["model"])
+    if spec.closed_form:
+        print(f"{saved['model']} is not logged as an MLflow model: torch.export cannot trace "
+              "its numpy features (model.pt stays the way to use it)", flush=True)
+        return None
+    side, channels = saved["input_size"], 1 + len(spec.extra_channels)
+    example = np.random.default_rng(0).uniform(-1, 1, (2, channels, side, side))
+    record = {k: v for k, v in saved.items() if k != "state_dict"}
+    return tracker.log_model(run_id, network, record, example.astype(np.float32))
 
 
 # -- 6b. explain -----------------------------------------------------------------------------
@@ -454,16 +482,46 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
                                tracking.CONFIG_TAG: config_hash(config)},
                               {"folds": len(folds), "protocol_description": description,
                                "subject_independent": independent,
-                               "config_hash": config_hash(config)})
+                               "config_hash": config_hash(config)},
+                              source="workflow/scripts/summarize.py")
     tracker.log_new_metrics(parent, {"accuracy_mean": acc_mean, "accuracy_std": acc_std,
                                      "macro_f1_mean": f1_mean, "macro_f1_std": f1_std})
     for m in folds:
         tracker.set_tag(m["run_id"], tracking.PARENT_TAG, parent)
     summary["mlflow_run_id"] = parent
+    summary["registered_model"] = (register_best_fold(tracker, study, folds, acc_mean)
+                                   if config["mlflow"]["log_models"] else None)
+    if summary["registered_model"]:
+        tracker.set_tag(parent, "ferbench.registered_model",
+                        summary["registered_model"]["uri"])
     write_json(out_path, summary)
     tracker.log_artifact(parent, out_path)
     tracker.finish(parent)
     return summary
+
+
+def registered_name(study: dict) -> str:
+    """The Model Registry's name for a study's models."""
+    return f"ferbench-{study['dataset']}-{study['protocol']}-{study['model']}"
+
+
+def register_best_fold(tracker: tracking.Tracker, study: dict, folds: list[dict],
+                       accuracy_mean: float) -> dict | None:
+    """Register the MLflow model of the study's best fold (test accuracy, then macro-F1,
+    then the lower fold) as a version of `registered_name`; None when it has no MLflow
+    model (a closed-form model)."""
+    best = max(folds, key=lambda m: (m["accuracy"], m["macro_f1"], -m["fold"]))
+    model_uri = tracker.logged_model(best["run_id"])
+    if model_uri is None:
+        return None
+    name = registered_name(study)
+    version = tracker.register(
+        name, model_uri, best["run_id"],
+        f"{study['model']} on {study['dataset']}/{study['protocol']}: fold {best['fold']}, "
+        f"the best of {len(folds)} (test accuracy {best['accuracy']:.4f}; mean over folds "
+        f"{accuracy_mean:.4f})")
+    return {"name": name, "version": version, "fold": best["fold"],
+            "uri": f"models:/{name}/{version}"}
 
 
 # -- 8. report -------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 The MobileNet-CL paper's real-time system (§5.2): detect all faces of a frame with Haar, prepare
 each one exactly as the training faces were (`faces.preprocess_face` with the face options the
-model's `model.pt` records, then `train.Split`/`train.predict` for resizing, scaling to [-1, 1]
-and the softmax), classify the frame's faces as one batch, and time the three stages the paper
-reports: detection ms/frame, preprocessing ms/face and classification ms/face.
+model's `model.pt` or its MLflow model's metadata records, then `train.Split`/`train.predict`
+for resizing, scaling to [-1, 1] and the softmax), classify the frame's faces as one batch,
+and time the three stages the paper reports: detection ms/frame, preprocessing ms/face and
+classification ms/face.
 
 Detection may run on a downscaled copy of the frame (`detect_scale`); the boxes are mapped back
 and every crop is cut from the full-resolution frame, so only the detector sees fewer pixels.
@@ -31,7 +32,7 @@ from ferbench import faces, models
 from ferbench import train as train_mod
 
 #: Suffixes read from an image-folder source.
-IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
 
 #: The annotated video: MPEG-4 part 2 is the codec the headless OpenCV wheel can write here
 #: (its FFmpeg has no usable H.264 encoder: `avc1` fails to open).
@@ -103,33 +104,44 @@ def _read_images(paths: list[Path]) -> Iterator[np.ndarray]:
 
 # -- the model --------------------------------------------------------------------------------
 
-def model_path(model: str | None, run_id: str | None, tracking_uri: str | None,
-               download_to: Path) -> Path:
-    """The `model.pt` to run: a path, or the artifact `model/model.pt` of an MLflow fold run
-    (downloaded into `download_to`)."""
-    if bool(model) == bool(run_id):
-        raise ValueError("give exactly one of --model PATH and --run-id ID")
-    if model:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"no model file {model} (the train stage writes model.pt)")
-        return Path(model)
+#: Prefixes of the MLflow model URIs a model may be given as, besides a model.pt path.
+MODEL_URI_PREFIXES = ("runs:/", "models:/")
+
+
+def fetch_mlflow_model(uri: str, tracking_uri: str | None, device: torch.device):
+    """(network, model.pt record) of the MLflow model at `uri` (`runs:/<run id>/model`,
+    `models:/<name>/<version>`): its torch.export graph, loaded by mlflow.pytorch (which
+    refuses pickled code), gives the weights, and its metadata the record."""
+    import tempfile
+
     import mlflow.artifacts
+    import mlflow.pytorch
+    from mlflow.models import Model
 
     from ferbench import tracking
+    from ferbench.jobs import build_model
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    uri = tracking.resolve_uri(tracking_uri or "", "results")
-    store = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not store.is_file():  # MLflow would create an empty one
-        raise FileNotFoundError(f"no MLflow store {store} (set --tracking-uri)")
-    download_to.mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="model/model.pt", tracking_uri=uri,
-            dst_path=str(download_to)))
-    except Exception as exc:  # mlflow raises its own types for unknown runs and artifacts
-        raise ValueError(f"cannot fetch model/model.pt of MLflow run {run_id} from {uri}: "
-                         f"{str(exc).splitlines()[0]}") from None
+    store = tracking.resolve_uri(tracking_uri or "", "results")
+    database = Path(store.removeprefix("sqlite:///"))
+    if store.startswith("sqlite:///") and not database.is_file():  # MLflow would create one
+        raise FileNotFoundError(f"no MLflow store {database} (set --tracking-uri)")
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,
+                                                        tracking_uri=store, registry_uri=store)
+            record = (Model.load(local).metadata or {}).get(tracking.METADATA_KEY)
+            if record is None:
+                raise ValueError("it is not a ferbench model (no 'ferbench' metadata)")
+            # Refused here too, in case MLFLOW_ALLOW_PICKLE_DESERIALIZATION lets MLflow load it.
+            if not (Path(local) / "data" / "model.pt2").is_file():
+                raise ValueError("refusing to load it: its weights are pickled, not a "
+                                 "torch.export graph, and unpickling could run code")
+            exported = mlflow.pytorch.load_model(local)
+        except Exception as exc:  # mlflow raises its own types for unknown runs and models
+            raise ValueError(f"cannot load MLflow model {uri} from {store}: "
+                             f"{(str(exc).splitlines() or [type(exc).__name__])[0]}") from None
+    return build_model(record, exported.state_dict(), device), record
 
 
 def write_untrained_model(path, model: str, labels: list[str], face_options: dict,
@@ -153,13 +165,21 @@ class LiveModel:
     name: str
 
 
-def load_live_model(path: Path, device: torch.device) -> LiveModel:
-    """A trained model with the face options its training faces were prepared with."""
+def load_live_model(model: str | Path, device: torch.device,
+                    tracking_uri: str | None = None) -> LiveModel:
+    """A trained model with the face options its training faces were prepared with, from a
+    `model.pt` path or an MLflow model URI (MODEL_URI_PREFIXES) on `tracking_uri`."""
     from ferbench.jobs import load_model
 
-    network, saved = load_model(path, device)
+    if str(model).startswith(MODEL_URI_PREFIXES):
+        network, saved = fetch_mlflow_model(str(model), tracking_uri, device)
+    elif not Path(model).is_file():
+        raise FileNotFoundError(f"no model file {model} (the train stage writes model.pt; "
+                                f"or give an MLflow {' or '.join(MODEL_URI_PREFIXES)} URI)")
+    else:
+        network, saved = load_model(model, device)
     if not saved.get("faces"):
-        raise ValueError(f"{path} records no face-stage options ('faces'): it predates them; "
+        raise ValueError(f"{model} records no face-stage options ('faces'): it predates them; "
                          "retrain it with the current workflow")
     extra = models.get(saved["model"]).extra_channels
     if extra:

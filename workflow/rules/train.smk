@@ -5,6 +5,7 @@ rule train:
     same fold's VGG-SERD, or a study's models from their pretraining stage."""
     input:
         unpack(train_extras),
+        manifest=path(paths.MANIFEST),
         faces=path(paths.FACES_ARRAY),
         folds=path(paths.FOLDS),
         augment_array=path(paths.AUGMENT_ARRAY),
