@@ -10,8 +10,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from ferbench.data import adapters, synthetic
+from ferbench.data import adapters, images, synthetic
 from ferbench.data.manifest import counts
 
 _SHADES = itertools.count(1)
@@ -208,3 +209,19 @@ def test_unknown_adapter_and_option_list_the_known_ones(tmp_path):
         adapters.load("folder", tmp_path, patern="x")
     with pytest.raises(ValueError, match="pattern group"):
         adapters.load("folder", _tree(tmp_path, ["a/x.png"]), pattern=r"(?P<person>\w+)")
+
+
+def test_class_folders_of_gif_webp_and_16_bit_images_ingest_and_decode(tmp_path):
+    """Every suffix `ferbench live` reads is a dataset image too, decoded to the same grey."""
+    grey = (np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8)
+    root = tmp_path / "data"
+    for folder in ("happy", "sad", "angry"):
+        (root / folder).mkdir(parents=True)
+    Image.fromarray(grey).save(root / "happy" / "h.gif")
+    Image.fromarray(grey).save(root / "angry" / "a.webp", lossless=True)
+    assert cv2.imwrite(str(root / "sad" / "s.png"), grey.astype(np.uint16) * 257)
+    result = adapters.load("folder", root)
+    assert sorted(result.manifest["image"]) == ["angry/a.webp", "happy/h.gif", "sad/s.png"]
+    for image in result.manifest["image"]:
+        decoded = images.read_image(root, image)
+        np.testing.assert_array_equal(decoded[..., 0], grey)

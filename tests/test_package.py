@@ -3,6 +3,7 @@ runs its CLI from an unrelated directory with nothing read from the repository."
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,5 +87,18 @@ def test_live_and_the_mediapipe_lookup_from_any_directory(installed, tmp_path):
     assert f"no mediapipe interpreter at {tmp_path}/.venv-mediapipe" in lookup.stderr
 
 
-# `ferbench predict` (issue 14 item 2) is being written on another branch: its check from the
-# installed copy belongs here, beside `live`, once it is merged.
+def test_predict_from_any_directory(installed, tmp_path):
+    """The installed `ferbench predict` finds the astronaut's face and writes its table."""
+    from skimage import data
+
+    from ferbench import faces, live
+
+    live.write_untrained_model(tmp_path / "model.pt", "deep_emotion", ["neutral", "happiness"],
+                               vars(faces.FaceOptions()), seed=5)
+    cv2.imwrite(str(tmp_path / "photo.png"), cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    result = run(installed, "predict", "photo.png", "--model", "model.pt", "--format", "jsonl",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    row, = (json.loads(line) for line in result.stdout.splitlines())
+    assert row["label"] in ("neutral", "happiness")
+    assert faces.iou(tuple(row["box"]), live.ASTRONAUT_FACE) > 0.7

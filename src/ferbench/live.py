@@ -30,9 +30,7 @@ from tqdm import tqdm
 
 from ferbench import faces, models
 from ferbench import train as train_mod
-
-#: Suffixes read from an image-folder source.
-IMAGE_SUFFIXES = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+from ferbench.data.images import IMAGE_SUFFIXES
 
 #: The annotated video: MPEG-4 part 2 is the codec the headless OpenCV wheel can write here
 #: (its FFmpeg has no usable H.264 encoder: `avc1` fails to open).
@@ -68,7 +66,7 @@ def open_source(spec: str, fps: float | None = None) -> Source:
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
-            raise ValueError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return Source(_read_images(images), len(images), fps or DEFAULT_FPS, str(path))
     return _capture_source(cv2.VideoCapture(str(path)), str(path), fps, webcam=False)
 

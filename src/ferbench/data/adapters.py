@@ -21,8 +21,6 @@ from ferbench.data import images
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.download import sha256sum
 
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm"})
-
 #: Top-level folder names read as the dataset's own split (FER2013 train/test, SFEW Train/Val).
 SPLIT_FOLDERS = {"train": "train", "training": "train", "test": "test", "val": "val",
                  "valid": "val", "validation": "val"}
@@ -180,7 +178,7 @@ def _image_files(root: Path) -> list[Path]:
     """Image files under root in a stable order, skipping hidden files and the `__MACOSX`
     resource forks that zips made on a Mac carry (`._name.png` is no image)."""
     files = (p for p in root.rglob("*")
-             if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+             if p.suffix.lower() in images.IMAGE_SUFFIXES and p.is_file()
              and not any(part.startswith(".") or part == "__MACOSX"
                          for part in p.relative_to(root).parts))
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())

@@ -19,6 +19,11 @@ import pandas as pd
 TABLE_FACE_SIDE = 48
 TABLE_FACE_PIXELS = TABLE_FACE_SIDE * TABLE_FACE_SIDE
 
+#: Suffixes of the image files a dataset folder or `ferbench live` / `predict` reads (OpenCV
+#: decodes all of them, 16-bit PNG/TIFF included).
+IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".tif", ".tiff",
+                            ".webp"})
+
 #: Column of a pixel table that holds the space-separated grey values.
 PIXEL_COLUMN = "pixels"
 
