@@ -190,3 +190,21 @@ def test_clear_one_line_errors(case, message, planted, model_file, model_without
     assert run_live(*args, "-o", tmp_path / "out") == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_a_test_flip_model_votes_with_each_faces_mirror_as_evaluation_does(tmp_path,
+                                                                           one_thread):
+    path = live.write_untrained_model(tmp_path / "model.pt", "deep_emotion", LABELS,
+                                      vars(faces.FaceOptions(detector="none")), seed=3,
+                                      test_flip=True)
+    live_model = live.load_live_model(path, torch.device("cpu"))
+    crops = np.random.default_rng(0).integers(0, 256, (2, 64, 64), dtype=np.uint8)
+    split = train_mod.Split.from_arrays(crops, np.zeros(2, int), live_model.input_size)
+    with live.Recognizer(live_model, torch.device("cpu")) as recognizer:
+        got = recognizer._classify(crops)
+    cpu = torch.device("cpu")
+    assert live_model.test_flip
+    assert got == pytest.approx(train_mod.predict(live_model.network, split, cpu,
+                                                  flip=True).numpy(), abs=1e-6)
+    assert got != pytest.approx(train_mod.predict(live_model.network, split, cpu).numpy(),
+                                abs=1e-4)

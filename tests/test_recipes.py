@@ -267,3 +267,28 @@ def test_killed_fit_with_plateau_and_online_augmentation_resumes_identically(tmp
     assert full["lr"].nunique() > 3  # warmup, then plateau cuts, after the resume too
     assert not math.isclose(full["train_loss"][0],
                             run_fit(tmp_path / "c", 1)[0]["train_loss"][0])
+
+
+def test_test_flip_averages_each_face_with_its_mirror():
+    """`test_flip` predictions are the mean of the face's and its mirror's, so a face and its
+    mirror get the same answer; without it a random net tells them apart."""
+    torch.manual_seed(0)
+    spec = get("deep_emotion")
+    hp = spec.hyperparameters({"input_size": 24, "test_flip": True})
+    model, split, cpu = spec.build(3, hp), tiny_split(8), torch.device("cpu")
+    mirrored = train.Split(split.images.flip(-1), split.targets)
+    plain, plain_mirror = train.predict(model, split, cpu), train.predict(model, mirrored, cpu)
+    voted = train.predict(model, split, cpu, batch_size=3, flip=hp["test_flip"])
+    assert not torch.allclose(plain, plain_mirror)
+    assert torch.allclose(voted, (plain + plain_mirror) / 2, atol=1e-6)
+    assert torch.allclose(voted, train.predict(model, mirrored, cpu, flip=True), atol=1e-6)
+    assert spec.hyperparameters()["test_flip"] is False  # the papers evaluate one view
+
+
+def test_schema_takes_test_flip_as_a_boolean(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["models"]["deep_emotion"]["test_flip"] = True
+    config_mod.validate(raw)
+    raw["models"]["deep_emotion"]["test_flip"] = "yes"
+    with pytest.raises(config_mod.ConfigError, match="models.deep_emotion.test_flip"):
+        config_mod.validate(raw)

@@ -367,7 +367,8 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     model, saved, test_split, test_rows, device = trained_and_tested(paths, fold, config,
                                                                      threads)
     probs = train_mod.predict(model, test_split, device, autocast=train_mod.autocast_dtype(
-        config["mixed_precision"], device, model))
+        config["mixed_precision"], device, model),
+        flip=saved["hyperparameters"].get("test_flip", False))
     predicted = probs.argmax(1).numpy() if len(probs) else np.zeros(0, int)
     metrics = evaluate.classification_metrics(test_split.targets.numpy(), predicted,
                                               saved["labels"])

@@ -161,6 +161,7 @@ class LiveModel:
     input_size: int
     face_options: faces.FaceOptions
     name: str
+    test_flip: bool = False  # the recipe's: a face and its mirror vote, as when evaluated
 
 
 def load_live_model(model: str | Path, device: torch.device,
@@ -184,7 +185,8 @@ def load_live_model(model: str | Path, device: torch.device,
         raise ValueError(f"model {saved['model']} also takes {', '.join(extra)} input channels, "
                          "which live cannot compute; pick a face-only model")
     return LiveModel(network, list(saved["labels"]), int(saved["input_size"]),
-                     faces.FaceOptions.from_config(saved["faces"]), saved["model"])
+                     faces.FaceOptions.from_config(saved["faces"]), saved["model"],
+                     bool(saved["hyperparameters"].get("test_flip", False)))
 
 
 # -- recognition -------------------------------------------------------------------------------
@@ -257,7 +259,8 @@ class Recognizer:
     def _classify(self, crops: np.ndarray) -> np.ndarray:
         split = train_mod.Split.from_arrays(crops, np.zeros(len(crops), int),
                                             self.model.input_size)
-        return train_mod.predict(self.model.network, split, self.device).numpy()
+        return train_mod.predict(self.model.network, split, self.device,
+                                 flip=self.model.test_flip).numpy()
 
     def __call__(self, frame: np.ndarray) -> FrameResult:
         start = time.perf_counter()

@@ -31,6 +31,9 @@ TRAINING_DEFAULTS = {
     "warmup_epochs": 0,  # linear warmup: epoch e <= w trains at lr * e / (w + 1)
     "label_smoothing": 0.0,
     "class_balance": "none",  # none | loss (inverse-frequency class weights) | sampler
+    # Evaluation, not training: average each test face's class probabilities with its
+    # mirror image's (train.predict). Off in the papers; ours where a study says so.
+    "test_flip": False,
 }
 
 PRESETS: dict[str, dict] = {

@@ -293,12 +293,23 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 256,
-            autocast: torch.dtype | None = None):
-    """Class probabilities for a split, in order."""
+            autocast: torch.dtype | None = None, flip: bool = False):
+    """Class probabilities for a split, in order.
+
+    With `flip` (the recipe's `test_flip`), each face's probabilities are averaged with those
+    of its left-right mirror, every input channel mirrored together: a face and its mirror
+    show the same expression, so two views vote instead of one."""
     model.eval()
+
+    def probabilities(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(model(x).float(), 1)
+
+    chunks = []
     with precision(device, autocast):
-        chunks = [torch.softmax(model(as_input(split.images[i:i + batch_size], device)).float(),
-                                1).cpu() for i in range(0, len(split), batch_size)]
+        for i in range(0, len(split), batch_size):
+            x = as_input(split.images[i:i + batch_size], device)
+            p = (probabilities(x) + probabilities(x.flip(-1))) / 2 if flip else probabilities(x)
+            chunks.append(p.cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
