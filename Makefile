@@ -37,7 +37,7 @@ $(MEDIAPIPE_STAMP): $(MEDIAPIPE_REQUIREMENTS)
 install: $(STAMP) $(MEDIAPIPE_STAMP)
 
 demo: install
-	$(BIN)/snakemake --cores all --configfile config/demo.yaml
+	$(BIN)/snakemake --cores all --configfile params.yaml
 	# dvc.lock records what Snakemake built, so `dvc status` starts up to date.
 	$(BIN)/dvc commit --force --quiet
 	@echo "report: results/report.html   runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db"
@@ -46,7 +46,7 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakemake --lint --configfile params.yaml
 	$(BIN)/snakefmt --check .
 	$(BIN)/ferbench dvc-yaml --check
 

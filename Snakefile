@@ -26,7 +26,7 @@ if _mediapipe_python.is_file():
 
 
 # No default configfile: a study is exactly its own file plus the schema's defaults
-# (`--configfile config/demo.yaml` for the demo, `--configfile my-study.yaml` for yours).
+# (`--configfile params.yaml` for the demo, `--configfile my-study.yaml` for yours).
 include: "workflow/rules/common.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/faces.smk"

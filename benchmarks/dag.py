@@ -33,7 +33,7 @@ MODELS = ("deepfer", "deep_emotion", "mobilenet_cl", "vgg16", "rccnet", "damcnn"
 
 def matrix_config() -> dict:
     """The default config widened to 5 datasets x 6 models x 10 folds."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config = yaml.safe_load((ROOT / "params.yaml").read_text())
     template = config["datasets"]["synthetic"]
     config["datasets"] = {f"synthetic{i}": template for i in range(DATASETS)}
     protocol = {**config["protocols"]["subject_5fold"], "folds": FOLDS}

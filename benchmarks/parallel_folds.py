@@ -40,7 +40,7 @@ DATASET, PROTOCOL = "synthetic", "subject_10fold"
 
 def study_config(results: Path, epochs: int) -> dict:
     """The demo study on 10 identities, one model, 10 subject folds, one thread per job."""
-    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "demo.yaml")
+    config = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml")
                             .read_text())
     config["results"] = str(results)
     config["train_threads"] = 1

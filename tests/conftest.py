@@ -17,7 +17,7 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 def tiny_config(results: Path, **overrides) -> dict:
     """The default study shrunk to run in well under a minute on one CPU core."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config = yaml.safe_load((ROOT / "params.yaml").read_text())
     config["results"] = str(results)
     config["datasets"]["synthetic"]["generate"] = {
         "identities": 6, "repetitions": 1, "frames": 4, "frame_size": [240, 180]}

@@ -26,7 +26,7 @@ def test_dvc_yaml_check_passes_on_the_committed_file():
 def test_dvc_yaml_check_fails_when_out_of_date(tmp_path):
     stale = tmp_path / "dvc.yaml"
     stale.write_text("stages: {}\n")
-    assert cli.main(["dvc-yaml", "--config", str(ROOT / "config/demo.yaml"), "-o", str(stale),
+    assert cli.main(["dvc-yaml", "--config", str(ROOT / "params.yaml"), "-o", str(stale),
                      "--check"]) == 1
 
 
@@ -63,7 +63,7 @@ def test_manifest_on_a_missing_folder_is_a_one_line_error(tmp_path):
 def test_workflow_is_lint_and_snakefmt_clean():
     bin_dir = Path(sys.executable).parent
     lint = subprocess.run([str(bin_dir / "snakemake"), "--lint", "--cores", "1",
-                           "--configfile", "config/demo.yaml"], cwd=ROOT,
+                           "--configfile", "params.yaml"], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, lint.stdout
     fmt = subprocess.run([str(bin_dir / "snakefmt"), "--check", "."], cwd=ROOT,

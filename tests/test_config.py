@@ -7,7 +7,7 @@ from tests.conftest import ROOT, tiny_config
 
 
 def test_default_config_validates_and_fills_defaults():
-    config = config_mod.load(ROOT / "config" / "demo.yaml")
+    config = config_mod.load(ROOT / "params.yaml")
     assert config["mlflow"]["experiment"] == "ferbench"
     assert config["protocols"]["subject_5fold"]["folds"] == 5
     assert config["datasets"]["synthetic"]["faces"]["detector"] == "haar"
@@ -46,8 +46,8 @@ def test_unreadable_yaml_is_a_config_error(tmp_path):
 
 
 def test_every_config_key_is_explained_by_a_comment():
-    """config/demo.yaml documents each top-level block in a comment above it."""
-    lines = (ROOT / "config" / "demo.yaml").read_text().splitlines()
+    """params.yaml documents each top-level block in a comment above it."""
+    lines = (ROOT / "params.yaml").read_text().splitlines()
     for key in yaml.safe_load("\n".join(lines)):
         at = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
         assert lines[at - 1].startswith("#"), f"top-level key {key!r} has no comment above it"

@@ -139,7 +139,7 @@ def test_workflow_lints_clean_through_the_slurm_profile():
     under it; the plain lint and snakefmt run in tests/test_cli.py."""
     bin_dir = Path(sys.executable).parent
     lint = subprocess.run([str(bin_dir / "snakemake"), "--lint", "--profile", "profiles/slurm",
-                           "--configfile", "config/demo.yaml"],
+                           "--configfile", "params.yaml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert lint.returncode == 0 and "Congratulations" in lint.stdout + lint.stderr, (
         lint.stdout[-3000:] + lint.stderr[-3000:])

@@ -65,7 +65,7 @@ def test_models_and_manifest_run_from_any_directory(installed, tmp_path):
 
 def test_a_study_file_validates_against_the_shipped_schema(installed, tmp_path):
     """dvc-yaml validates the study (schema defaults filled in) from package data alone."""
-    config = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    config = yaml.safe_load((ROOT / "params.yaml").read_text())
     (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
     result = run(installed, "dvc-yaml", "--config", "study.yaml", "-o", "dvc.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -148,7 +148,7 @@ def test_dry_run_of_the_default_config_lists_every_stage():
     import sys
 
     result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--cores", "2",
-                             "--configfile", "config/demo.yaml"], cwd=ROOT, env=env(),
+                             "--configfile", "params.yaml"], cwd=ROOT, env=env(),
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     listed = set(re.findall(r"^(\w+)\s+\d+$", result.stdout, re.MULTILINE))

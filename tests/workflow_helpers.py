@@ -26,7 +26,7 @@ def env() -> dict:
 
 
 #: Where a test's study file lives in its working folder (run_snakemake passes it).
-STUDY_FILE = Path("config") / "study.yaml"
+STUDY_FILE = Path("params.yaml")  # DVC's own params file, as the demo's
 
 
 def write_config(workdir: Path, config: dict) -> Path:

@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_models)
 
     p = sub.add_parser("dvc-yaml", help="generate dvc.yaml from the study config")
-    p.add_argument("--config", default="config/demo.yaml")
+    p.add_argument("--config", default="params.yaml")
     p.add_argument("-o", "--output", default="dvc.yaml")
     p.add_argument("--check", action="store_true", help="fail if the file is out of date")
     p.set_defaults(func=_dvc_yaml)

@@ -5,7 +5,7 @@ from snakemake.exceptions import WorkflowError
 
 if not config:
     raise WorkflowError(
-        "no study config: run with --configfile config/demo.yaml (the demo) or "
+        "no study config: run with --configfile params.yaml (the demo) or "
         "--configfile my-study.yaml (config/README.md)"
     )
 config.update(ferbench_config.validate(config))
