@@ -119,7 +119,7 @@ def astronaut_frame(origins: list[tuple[int, int]]) -> tuple[np.ndarray, list[tu
     true face boxes."""
     patch, face_box = live.astronaut_patch()
     frame = np.tile(np.linspace(80, 160, 320), (240, 1))[..., None].repeat(3, 2)
-    boxes = [live._paste(frame, patch, face_box, live.SyntheticFace(origin, 0.75, False, 0.0),
+    boxes = [live.paste_face(frame, patch, face_box, live.SyntheticFace(origin, 0.75, False, 0.0),
                          *origin) for origin in origins]
     return frame.astype(np.uint8), boxes
 

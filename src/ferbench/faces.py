@@ -305,7 +305,13 @@ def make_detector(options: FaceOptions):
     return contextlib.nullcontext(None)
 
 
-def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, progress: bool = True):
+#: Rows a face-stage worker takes at a time: large enough that handing rows out costs little
+#: next to detecting them, small enough that both workers stay busy to the end.
+CHUNK_ROWS = 64
+
+
+def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, progress: bool = True,
+                  workers: int = 1):
     """Run the face stage over a manifest.
 
     Returns (faces, table, stats): `faces` is an (N, size, size[, 3]) uint8 array of usable
@@ -313,35 +319,118 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     `aligned`, `align_angle`, `align_source`, `crop_transform` (six numbers, row-major 2x3,
     original-image to face-crop pixels), `face_index` (-1 for rows without a face), and
     `stats` the detection summary.
+
+    With `workers` > 1 a Haar stage splits the rows into chunks over that many processes;
+    every image is prepared on its own, so the outputs are those of one process, byte for
+    byte. The faces go straight into one preallocated array, never into a list of them.
     """
-    eye_finder = make_eye_finder(options)
     start = time.perf_counter()
-    faces, rows = [], []
-    with make_detector(options) as detector:
-        for row in tqdm(manifest.itertuples(index=False), total=len(manifest), desc="faces",
-                        disable=not progress, unit="img"):
-            record = row._asdict()
-            image = read_image(root, row.image)
-            record.update(outcome="corrupt", bbox="", det_score=np.nan, iou=np.nan,
-                          face_index=-1, detector=options.detector, aligned=False,
-                          align_angle=0.0, align_source="", crop_transform="")
-            if image is not None:
-                found = _detect_or_fallback(image, detector, options, record)
-                if found is not None:
-                    face = preprocess_face(image, found, options, eye_finder,
-                                           parse_landmarks(record.get("landmarks")))
-                    if face.align_source:
-                        record.update(aligned=True, align_angle=face.angle,
-                                      align_source=face.align_source)
-                    transform = crop_transform(image.shape, found.box, options, face.angle)
-                    record.update(face_index=len(faces), crop_transform=_numbers_text(transform))
-                    faces.append(face.crop)
-            rows.append(record)
-    table = pd.DataFrame(rows)
+    shape = (options.size, options.size) + (() if options.grayscale else (3,))
+    array = np.empty((len(manifest),) + shape, np.uint8)
+    rows, count = [], 0
+    chunks = [[row._asdict() for row in manifest.iloc[i:i + CHUNK_ROWS].itertuples(index=False)]
+              for i in range(0, len(manifest), CHUNK_ROWS)]
+    with tqdm(total=len(manifest), desc="faces", disable=not progress, unit="img") as bar, \
+            _chunk_results(chunks, Path(root), options, workers) as results:
+        for records, crops in results:
+            for record in records:
+                if record["face_index"] >= 0:
+                    array[count] = crops[record["face_index"]]
+                    record["face_index"] = count
+                    count += 1
+            rows += records
+            bar.update(len(records))
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys([*manifest.columns, *STAGE_COLUMNS])))
     stats = detection_stats(table, options.detector, time.perf_counter() - start)
-    shape = (0, options.size, options.size) + (() if options.grayscale else (3,))
-    array = np.stack(faces) if faces else np.zeros(shape, np.uint8)
-    return array, table, stats
+    return array[:count], table, stats
+
+
+#: Columns the face stage adds to the manifest.
+STAGE_COLUMNS = ("outcome", "bbox", "det_score", "iou", "face_index", "detector", "aligned",
+                 "align_angle", "align_source", "crop_transform")
+
+
+@contextlib.contextmanager
+def _chunk_results(chunks: list, root: Path, options: FaceOptions, workers: int):
+    """(records, crops) of each chunk, in order: in this process, or from a pool of forked
+    workers (one OpenCV thread each) where `workers` > 1 and the detector is Haar (mediapipe
+    already runs in a process of its own)."""
+    workers = min(workers, len(chunks))
+    if workers <= 1 or options.detector != "haar":
+        with _ChunkWorker(root, options) as worker:
+            yield map(worker, chunks)
+        return
+    import multiprocessing
+
+    # fork, not spawn: a spawned worker would re-run the Snakemake script that is __main__.
+    # OpenCV's thread pool is set to one thread before the fork: a forked child inherits a
+    # pool without its threads, and reconfiguring or using it there hangs.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, _start_worker,
+                                                      (root, options)) as pool:
+            yield pool.imap(_run_chunk, chunks)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+class _ChunkWorker:
+    """Detector and eye finder of one process, and the face stage of a chunk of rows."""
+
+    def __init__(self, root: Path, options: FaceOptions):
+        self.root, self.options = root, options
+        self.eye_finder = make_eye_finder(options)
+        self._context = make_detector(options)
+
+    def __enter__(self) -> "_ChunkWorker":
+        self.detector = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+
+    def __call__(self, records: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
+        """The records completed; face_index counts within the chunk's crops."""
+        crops = []
+        for record in records:
+            crop = self._one(record)
+            record["face_index"] = -1 if crop is None else len(crops)
+            if crop is not None:
+                crops.append(crop)
+        return records, crops
+
+    def _one(self, record: dict) -> np.ndarray | None:
+        options = self.options
+        image = read_image(self.root, record["image"])
+        record.update(outcome="corrupt", bbox="", det_score=np.nan, iou=np.nan,
+                      detector=options.detector, aligned=False, align_angle=0.0,
+                      align_source="", crop_transform="")
+        if image is None:
+            return None
+        found = _detect_or_fallback(image, self.detector, options, record)
+        if found is None:
+            return None
+        face = preprocess_face(image, found, options, self.eye_finder,
+                               parse_landmarks(record.get("landmarks")))
+        if face.align_source:
+            record.update(aligned=True, align_angle=face.angle, align_source=face.align_source)
+        record["crop_transform"] = _numbers_text(crop_transform(image.shape, found.box, options,
+                                                                face.angle))
+        return face.crop
+
+
+_WORKER: _ChunkWorker | None = None
+
+
+def _start_worker(root: Path, options: FaceOptions) -> None:
+    """Pool initializer: the worker's detector and eye finder."""
+    global _WORKER
+    _WORKER = _ChunkWorker(root, options).__enter__()  # Haar only: nothing to close
+
+
+def _run_chunk(records: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
+    return _WORKER(records)
 
 
 @dataclass(frozen=True)

@@ -509,12 +509,12 @@ def synthetic_frames(count: int, frames: int, size: tuple[int, int] = (640, 480)
         for face in layout:
             dx = 6 * math.sin(2 * math.pi * t / 50 + face.phase)
             dy = 4 * math.cos(2 * math.pi * t / 70 + face.phase)
-            boxes.append(_paste(frame, patch, face_box, face, face.origin[0] + dx,
+            boxes.append(paste_face(frame, patch, face_box, face, face.origin[0] + dx,
                                 face.origin[1] + dy))
         yield frame.astype(np.uint8), boxes
 
 
-def _paste(frame: np.ndarray, patch: np.ndarray, face_box, face: SyntheticFace, x: float,
+def paste_face(frame: np.ndarray, patch: np.ndarray, face_box, face: SyntheticFace, x: float,
            y: float) -> tuple[int, int, int, int]:
     """Blend the scaled (and mirrored) patch in at (x, y) through a soft oval; its face box."""
     pw, ph = (int(round(v * face.scale)) for v in patch.shape[1::-1])
