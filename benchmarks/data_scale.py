@@ -15,7 +15,9 @@ Each stage runs the package function its workflow script calls (`ferbench.jobs`)
 process of its own, which reports its wall time and the high-water RSS of itself and of its
 own workers (`resource.getrusage`), so each stage's peak memory is its own. The faces stage
 gets `--threads` workers (the rule's `threads`). Prints, per dataset and stage, seconds,
-seconds per 1,000 faces, images/s and peak RSS in MB.
+seconds per 1,000 faces, images/s, CPU seconds (user + system, workers included) per 1,000
+faces, which a machine shared with other jobs inflates far less than wall time, and peak
+RSS in MB.
 
     python benchmarks/data_scale.py [--faces 36000] [--datasets precropped frames]
         [--threads 2] [--workdir DIR] [--json cells.jsonl]
@@ -130,6 +132,7 @@ def run_stage(stage: str, name: str, work: Path, threads: int) -> dict:
     config = config_mod.validate(CONFIG)
     dataset = {**config["datasets"][name], "path": str(work / name)}
     paths = stage_paths(work, name)
+    cpu_before = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
     start = time.perf_counter()
     if stage == "ingest":
         result = jobs.ingest(dataset, work / name, paths["manifest"], paths["quarantine"])
@@ -146,10 +149,10 @@ def run_stage(stage: str, name: str, work: Path, threads: int) -> dict:
                           config["seed"], *paths["augment"])
         result = {"images": int(np.load(paths["augment"][0], mmap_mode="r").shape[0])}
     seconds = time.perf_counter() - start
-    peak = max(resource.getrusage(who).ru_maxrss
-               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return {"stage": stage, "dataset": name, "seconds": seconds, "peak_mb": peak / 1024,
-            **result}
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    cpu = sum(u.ru_utime + u.ru_stime for u in usage) - cpu_before
+    return {"stage": stage, "dataset": name, "seconds": seconds, "cpu_s": cpu,
+            "peak_mb": max(u.ru_maxrss for u in usage) / 1024, **result}
 
 
 def main() -> None:
@@ -171,7 +174,7 @@ def main() -> None:
         work = args.workdir or Path(tmp)
         print(f"{args.faces} faces per dataset, faces stage on {args.threads} worker(s), in {work}")
         print(f"{'dataset':<11} {'stage':<8} {'seconds':>8} {'s/1k faces':>10} {'images/s':>9} "
-              f"{'peak MB':>8}  result")
+              f"{'cpu s/1k':>12} {'peak MB':>8}  result")
         for name in args.datasets:
             start = time.perf_counter()
             (write_precropped if name == "precropped" else write_frames)(
@@ -185,10 +188,11 @@ def main() -> None:
                     sys.exit(f"{name} {stage} failed:\n{child.stderr[-2000:]}")
                 cell = json.loads(child.stdout.splitlines()[-1])
                 extra = {k: v for k, v in cell.items()
-                         if k not in ("stage", "dataset", "seconds", "peak_mb")}
+                         if k not in ("stage", "dataset", "seconds", "cpu_s", "peak_mb")}
                 print(f"{name:<11} {stage:<8} {cell['seconds']:>8.1f} "
                       f"{1000 * cell['seconds'] / args.faces:>10.2f} "
-                      f"{args.faces / cell['seconds']:>9.0f} {cell['peak_mb']:>8.0f}  "
+                      f"{args.faces / cell['seconds']:>9.0f} "
+                      f"{1000 * cell['cpu_s'] / args.faces:>12.2f} {cell['peak_mb']:>8.0f}  "
                       f"{json.dumps(extra)}", flush=True)
                 if args.json:
                     with args.json.open("a") as out:

@@ -56,30 +56,17 @@ TABLE_CHUNK_ROWS = 2048
 
 
 def parse_pixel_rows(texts) -> tuple[np.ndarray, list[str | None]]:
-    """Many pixel strings at once: (n, 48, 48) uint8 faces (zeros where malformed) and each
-    row's problem (None where it decodes). The well-formed rows are parsed by one numpy call;
-    `parse_pixels` names what is wrong with the others, so the outcome is the same."""
-    texts = [str(text) for text in texts]
+    """Many pixel strings: (n, 48, 48) uint8 faces (zeros where malformed) and each row's
+    problem (None where it decodes). (Row by row: numpy's text parsers, over one chunk's
+    joined text or over its bytes, measured slower here than `parse_pixels` per row.)"""
     faces = np.zeros((len(texts), TABLE_FACE_SIDE, TABLE_FACE_SIDE), np.uint8)
-    problems: list[str | None] = [None] * len(texts)
-    counted = [i for i, text in enumerate(texts) if len(text.split()) == TABLE_FACE_PIXELS]
-    try:
-        values = np.fromstring(" ".join(texts[i] for i in counted), dtype=np.int64, sep=" ")
-        values = values.reshape(len(counted), TABLE_FACE_PIXELS)
-    except ValueError:  # a token that is not an integer: find it row by row below
-        values = np.zeros((0, TABLE_FACE_PIXELS), np.int64)
-    parsed = set()
-    if len(values):
-        in_range = (values.min(1) >= 0) & (values.max(1) <= 255)
-        parsed = {i for i, ok in zip(counted, in_range) if ok}
-        faces[[i for i in counted if i in parsed]] = values[in_range].astype(np.uint8).reshape(
-            -1, TABLE_FACE_SIDE, TABLE_FACE_SIDE)
+    problems: list[str | None] = []
     for i, text in enumerate(texts):
-        if i not in parsed:
-            try:
-                faces[i] = parse_pixels(text)
-            except ValueError as malformed:
-                problems[i] = str(malformed)
+        try:
+            faces[i] = parse_pixels(text)
+            problems.append(None)
+        except ValueError as malformed:
+            problems.append(str(malformed))
     return faces, problems
 
 
