@@ -72,7 +72,8 @@ part() {
 throughput=("$python" benchmarks/train_throughput.py --devices "$device")
 study=("$python" benchmarks/gpu_check.py study --device "$device" --workdir "$out/study"
   --json "$out/study.jsonl")
-live=("$python" benchmarks/live.py --devices "$device" --json "$out/live.jsonl")
+live=("$python" benchmarks/live.py --devices "$device" --detectors haar --full-search-every 1
+  --json "$out/live.jsonl")
 if [[ $device == cuda ]]; then
   throughput+=(--steps 10 --warmup 3 --repeats 2)
   part train-bf16 85 "${throughput[@]}" --amp bfloat16 --json "$out/train-bf16.jsonl"

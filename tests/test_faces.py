@@ -85,6 +85,24 @@ def test_alignment_is_byte_deterministic(tmp_path, manifest):
     assert first[1].equals(second[1])
 
 
+def test_workers_give_the_outputs_of_one_process(tmp_path, monkeypatch):
+    """Haar over two worker processes, in chunks of two rows: same faces, same table."""
+    monkeypatch.setattr(faces, "CHUNK_ROWS", 2)
+    rows = []
+    for roll in (-8, 0, 5, 12):
+        folder = tmp_path / f"roll{roll}"
+        folder.mkdir()
+        rows.append(rotated_face(folder, roll).assign(image=f"roll{roll}/face.png"))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    manifest = pd.concat(rows + [rows[0].assign(image="broken.png")], ignore_index=True)
+    bare = manifest.assign(landmarks="")
+    one = faces.extract_faces(bare, tmp_path, OPTIONS, progress=False)
+    two = faces.extract_faces(bare, tmp_path, OPTIONS, progress=False, workers=2)
+    assert one[0].shape == (4, 96, 96) and one[0].tobytes() == two[0].tobytes()
+    assert one[1].equals(two[1]) and list(one[1]["outcome"])[-1] == "corrupt"
+    assert list(one[1]["face_index"]) == [0, 1, 2, 3, -1]
+
+
 def test_without_two_eyes_the_face_is_not_turned(tmp_path):
     cv2.imwrite(str(tmp_path / "blank.png"), np.full((120, 160, 3), 90, np.uint8))
     manifest = pd.DataFrame([{"image": "blank.png", "label": "neutral", "subject": "s",

@@ -114,6 +114,68 @@ def test_detecting_every_third_frame_keeps_the_boxes_in_between(planted, model_f
     assert run_live(video, "--model", model_file, "-o", out, "--detect-every", 0) == 2
 
 
+def astronaut_frame(origins: list[tuple[int, int]]) -> tuple[np.ndarray, list[tuple]]:
+    """A 320x240 grey-gradient frame with the astronaut's face at each patch origin, and the
+    true face boxes."""
+    patch, face_box = live.astronaut_patch()
+    frame = np.tile(np.linspace(80, 160, 320), (240, 1))[..., None].repeat(3, 2)
+    boxes = [live.paste_face(frame, patch, face_box, live.SyntheticFace(origin, 0.75, False, 0.0),
+                         *origin) for origin in origins]
+    return frame.astype(np.uint8), boxes
+
+
+def found_by(search: faces.RoiSearch, frame: np.ndarray) -> list[tuple]:
+    return [found.box for found in search.detect(frame)]
+
+
+def test_region_search_follows_a_face_that_moved_without_searching_the_whole_frame():
+    search = faces.RoiSearch(faces.HaarDetector(), full_every=100)
+    for step, origin in enumerate([(20, 30), (35, 38), (50, 44)]):  # 15 px a frame
+        frame, truth = astronaut_frame([origin])
+        (box,) = found_by(search, frame)
+        assert faces.iou(box, truth[0]) >= 0.5, (step, box, truth)
+    assert search.full_searches == 1  # the first frame only: the moves were found around
+
+
+def test_a_new_face_is_found_by_the_next_full_search():
+    search = faces.RoiSearch(faces.HaarDetector(), full_every=3)
+    counts = []
+    for step in range(5):
+        frame, truth = astronaut_frame([(20, 30)] + [(180, 40)] * (step >= 1))
+        found = found_by(search, frame)
+        counts.append(len(found))
+        assert all(max(faces.iou(t, f) for f in found) >= 0.5 for t in truth[:len(found)])
+    # The second face appears in frame 1; frames 1-2 search around the first face only, the
+    # full search of frame 3 finds the newcomer and frame 4 follows both.
+    assert counts == [1, 1, 1, 2, 2] and search.full_searches == 2
+
+
+def test_region_search_loses_no_planted_face_the_full_search_finds(planted, model_file,
+                                                                    tmp_path, one_thread):
+    video, truth = planted
+    recall = {}
+    for every in (1, 4):
+        out = tmp_path / f"every{every}"
+        assert run_live(video, "--model", model_file, "-o", out,
+                        "--full-search-every", every) == 0
+        rows, _, summary = read_outputs(out)
+        assert summary["full_search_every"] == every
+        found = [[tuple(row["box"]) for row in rows if row["frame"] == frame]
+                 for frame in range(FRAMES)]
+        recall[every] = live.detection_recall(truth, found)
+    assert recall[4] >= recall[1] == 1.0
+    assert summary["full_searches"] < FRAMES  # some frames were searched around faces only
+
+
+def test_region_search_is_refused_for_a_mediapipe_model(planted, tmp_path, capsys):
+    mediapipe_model = live.write_untrained_model(
+        tmp_path / "model.pt", "deep_emotion", LABELS,
+        vars(faces.FaceOptions(detector="mediapipe")))
+    assert run_live(planted[0], "--model", mediapipe_model, "-o", tmp_path / "out",
+                    "--full-search-every", 5) == 2
+    assert "Haar only" in capsys.readouterr().err
+
+
 def test_image_folder_gives_the_face_stage_crops_and_the_training_input(model_file, tmp_path,
                                                                        one_thread):
     """Live on an image folder classifies each face exactly as the workflow's evaluation would

@@ -110,6 +110,34 @@ def test_the_face_stage_decodes_table_rows(tmp_path):
     assert (array[list(table["image"]).index("fer2013.csv#1")] == expected).all()
 
 
+def test_table_rows_parsed_in_chunks_match_the_row_by_row_parser(tmp_path, monkeypatch):
+    """Rows parsed a chunk at a time get what `parse_pixels` gives each, malformed rows
+    included, and a table read in chunks gives each row its own face."""
+    from ferbench.data import images
+
+    texts = [_pixels(0), _pixels(1, TABLE_FACE_PIXELS + 1), _pixels(2).replace("5", "2.5", 1),
+             _pixels(3).replace("1", "-1", 1), _pixels(4)]
+    faces_, problems = images.parse_pixel_rows(texts)
+    for text, face, problem in zip(texts, faces_, problems):
+        try:
+            expected = images.parse_pixels(text)
+        except ValueError as malformed:
+            assert problem == str(malformed) and not face.any()
+        else:
+            assert problem is None and (face == expected).all()
+    assert [p is None for p in problems] == [True, False, False, False, True]
+    monkeypatch.setattr(images, "TABLE_CHUNK_ROWS", 3)
+    table = _fer2013_csv(tmp_path)
+    assert images.read_image(tmp_path, "fer2013.csv#7") is None  # past the end
+    for row in (1, 3):  # chunks 0 and 1
+        expected = np.array(_pixels(row).split(), dtype=np.uint8).reshape(48, 48)
+        assert (read_image(tmp_path, f"fer2013.csv#{row}")[..., 0] == expected).all()
+    assert read_image(tmp_path, "fer2013.csv#5") is None and table.is_file()
+    assert adapters.load("fer2013", tmp_path).quarantine["reason"].tolist() == [
+        "unknown FER2013 emotion code '7'", "malformed pixels: 2303 pixel values, expected 2304",
+        "malformed pixels: pixel values outside 0-255"]
+
+
 def test_fer2013_folder_form_keeps_the_usage_in_file_names(tmp_path):
     root = _tree(tmp_path, [
         "train/angry/Training_1.jpg", "train/happy/Training_2.jpg", "train/happy/Training_3.jpg",

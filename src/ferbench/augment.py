@@ -80,18 +80,18 @@ def augment_fold(faces: np.ndarray, folds: pd.DataFrame, fold: int, options: Aug
     geometry of every copy (GEOMETRY columns).
     """
     train = folds[(folds["fold"] == fold) & (folds["role"] == "train")]
-    images, rows = [], []
+    # Filled in place: a list of images stacked at the end would hold them all twice.
+    array = np.empty((len(train) * (options.copies + 1),) + faces.shape[1:], np.uint8)
+    rows = []
     for row in train.itertuples(index=False):
         face = faces[row.uid]
-        images.append(face)
+        array[len(rows)] = face
         rows.append({"uid": row.uid, "label": row.label, "subject": row.subject, "copy": 0,
                      **IDENTITY})
         for copy in range(1, options.copies + 1):
             rng = np.random.default_rng([seed, fold, int(row.uid), copy])
-            image, geometry = augment_one(face, options, rng)
-            images.append(image)
+            array[len(rows)], geometry = augment_one(face, options, rng)
             rows.append({"uid": row.uid, "label": row.label, "subject": row.subject,
                          "copy": copy, **geometry})
     table = pd.DataFrame(rows, columns=["uid", "label", "subject", "copy", *GEOMETRY])
-    array = np.stack(images) if images else np.zeros((0,) + faces.shape[1:], np.uint8)
     return array, table

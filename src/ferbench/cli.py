@@ -128,7 +128,8 @@ def _live(args) -> int:
     if args.display and not display:
         print("ferbench live: no display (or an OpenCV without GUI): running headless",
               file=sys.stderr)
-    with live.Recognizer(model, device, args.detect_scale, args.detect_every) as recognizer:
+    with live.Recognizer(model, device, args.detect_scale, args.detect_every,
+                         args.full_search_every) as recognizer:
         summary = live.run(source, recognizer, out_dir, display, args.max_frames,
                            progress=not args.quiet)
     print(live.format_timings(summary))
@@ -233,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detect-every", type=int, default=1,
                    help="run the detector on every N-th frame and keep its boxes in between "
                         "(every frame is still classified; default 1, the paper's system)")
+    p.add_argument("--full-search-every", type=int, default=1, metavar="M",
+                   help="Haar: search every frame, but only around the previous frame's faces "
+                        "and the whole frame every M-th frame (default 1: the whole of every "
+                        "frame; docs/live.md)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threads", type=int, default=LIVE_THREADS,
                    help="CPU threads for torch and OpenCV (default 2, or 1 on a 1-core machine: "

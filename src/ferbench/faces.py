@@ -92,11 +92,14 @@ class HaarDetector:
         self.cascade = _cascade(HAAR_CASCADE)
         self.min_face = min_face
 
-    def __call__(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """All face boxes (x, y, w, h), largest first."""
-        boxes = self.cascade.detectMultiScale(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_face, self.min_face)
-        )
+    def __call__(self, gray: np.ndarray, sizes: tuple[int, int] | None = None
+                 ) -> list[tuple[int, int, int, int]]:
+        """All face boxes (x, y, w, h), largest first; `sizes` (smallest, largest side)
+        narrows the search to faces of about a known size (`RoiSearch`)."""
+        low, high = sizes or (self.min_face, 0)
+        low = max(low, self.min_face)
+        boxes = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                              minSize=(low, low), maxSize=(high, high))
         boxes = [tuple(int(v) for v in b) for b in boxes]
         return sorted(boxes, key=lambda b: (-b[2] * b[3], b[0], b[1]))
 
@@ -105,19 +108,78 @@ class HaarDetector:
         return [Detection(box) for box in self(to_gray(image))]
 
 
+#: `RoiSearch` looks for a tracked face in its previous box grown by this share of its side
+#: on every side (a face drifts far less than half its width between frames at 30 fps) ...
+ROI_PAD = 0.5
+#: ... and at sides within this factor of its previous side.
+ROI_SCALE = 1.3
+
+
+class RoiSearch:
+    """Haar on every frame at a fraction of the cost: each frame is searched, but only around
+    the faces of the previous frame (padded box, nearby sizes), and the whole frame every
+    `full_every`-th frame or whenever no face is tracked, which is how a new face is found.
+    A tracked face not found in its region makes that frame a full search too, so a face is
+    not lost for want of a region the cascade liked (its pyramid samples a crop differently)."""
+
+    name = "haar"
+
+    def __init__(self, haar: HaarDetector, full_every: int):
+        if full_every < 1:
+            raise ValueError(f"the full-search interval must be at least 1, not {full_every}")
+        self.haar = haar
+        self.full_every = full_every
+        self.frames = 0
+        self.full_searches = 0  # scheduled ones and those a lost face forced
+        self.boxes: list[tuple[int, int, int, int]] = []
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """This frame's faces, largest first."""
+        gray = to_gray(image)
+        around = None
+        if self.frames % self.full_every and self.boxes:
+            around = self._around(gray)
+        if around is None:
+            around = self.haar(gray)
+            self.full_searches += 1
+        self.boxes = around
+        self.frames += 1
+        return [Detection(box) for box in self.boxes]
+
+    def _around(self, gray: np.ndarray) -> list[tuple[int, int, int, int]] | None:
+        """The largest face near each tracked box (a box overlapping a kept one is dropped),
+        or None as soon as one tracked face is not found."""
+        height, width = gray.shape[:2]
+        kept: list[tuple[int, int, int, int]] = []
+        for x, y, w, h in self.boxes:
+            pad = int(ROI_PAD * max(w, h))
+            x0, y0 = max(0, x - pad), max(0, y - pad)
+            region = gray[y0:min(height, y + h + pad), x0:min(width, x + w + pad)]
+            sizes = (int(w / ROI_SCALE), int(math.ceil(w * ROI_SCALE)))
+            found = self.haar(region, sizes)
+            if not found:
+                return None
+            box = (found[0][0] + x0, found[0][1] + y0, *found[0][2:])
+            if all(iou(box, other) < 0.5 for other in kept):
+                kept.append(box)
+        return sorted(kept, key=lambda b: (-b[2] * b[3], b[0], b[1]))
+
+
 class HaarEyes:
     """OpenCV's eye cascade, searched in the upper part of a face box."""
 
     def __init__(self):
         self.cascade = _cascade(HAAR_EYE_CASCADE)
 
-    def __call__(self, gray: np.ndarray, box) -> tuple | None:
-        """Centres of the largest eye in each (left/right) half of the box's upper part, or None."""
+    def __call__(self, image: np.ndarray, box) -> tuple | None:
+        """Centres of the largest eye in each (left/right) half of the box's upper part, or
+        None. Only that part is turned grey, not the whole (colour) image."""
         x, y, w, h = (int(v) for v in box)
         x0, y0 = max(0, x), max(0, y)
-        upper = gray[y0:max(y0, y + int(h * EYE_SEARCH_HEIGHT)), x0:max(x0, x + w)]
-        if min(upper.shape) < 8:
+        upper = image[y0:max(y0, y + int(h * EYE_SEARCH_HEIGHT)), x0:max(x0, x + w)]
+        if min(upper.shape[:2]) < 8:
             return None
+        upper = to_gray(upper)
         found = self.cascade.detectMultiScale(upper, scaleFactor=1.1, minNeighbors=3,
                                               minSize=(max(6, w // 10),) * 2,
                                               maxSize=(max(7, w // 2),) * 2)
@@ -243,7 +305,13 @@ def make_detector(options: FaceOptions):
     return contextlib.nullcontext(None)
 
 
-def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, progress: bool = True):
+#: Rows a face-stage worker takes at a time: large enough that handing rows out costs little
+#: next to detecting them, small enough that both workers stay busy to the end.
+CHUNK_ROWS = 64
+
+
+def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, progress: bool = True,
+                  workers: int = 1):
     """Run the face stage over a manifest.
 
     Returns (faces, table, stats): `faces` is an (N, size, size[, 3]) uint8 array of usable
@@ -251,35 +319,118 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     `aligned`, `align_angle`, `align_source`, `crop_transform` (six numbers, row-major 2x3,
     original-image to face-crop pixels), `face_index` (-1 for rows without a face), and
     `stats` the detection summary.
+
+    With `workers` > 1 a Haar stage splits the rows into chunks over that many processes;
+    every image is prepared on its own, so the outputs are those of one process, byte for
+    byte. The faces go straight into one preallocated array, never into a list of them.
     """
-    eye_finder = make_eye_finder(options)
     start = time.perf_counter()
-    faces, rows = [], []
-    with make_detector(options) as detector:
-        for row in tqdm(manifest.itertuples(index=False), total=len(manifest), desc="faces",
-                        disable=not progress, unit="img"):
-            record = row._asdict()
-            image = read_image(root, row.image)
-            record.update(outcome="corrupt", bbox="", det_score=np.nan, iou=np.nan,
-                          face_index=-1, detector=options.detector, aligned=False,
-                          align_angle=0.0, align_source="", crop_transform="")
-            if image is not None:
-                found = _detect_or_fallback(image, detector, options, record)
-                if found is not None:
-                    face = preprocess_face(image, found, options, eye_finder,
-                                           parse_landmarks(record.get("landmarks")))
-                    if face.align_source:
-                        record.update(aligned=True, align_angle=face.angle,
-                                      align_source=face.align_source)
-                    transform = crop_transform(image.shape, found.box, options, face.angle)
-                    record.update(face_index=len(faces), crop_transform=_numbers_text(transform))
-                    faces.append(face.crop)
-            rows.append(record)
-    table = pd.DataFrame(rows)
+    shape = (options.size, options.size) + (() if options.grayscale else (3,))
+    array = np.empty((len(manifest),) + shape, np.uint8)
+    rows, count = [], 0
+    chunks = [[row._asdict() for row in manifest.iloc[i:i + CHUNK_ROWS].itertuples(index=False)]
+              for i in range(0, len(manifest), CHUNK_ROWS)]
+    with tqdm(total=len(manifest), desc="faces", disable=not progress, unit="img") as bar, \
+            _chunk_results(chunks, Path(root), options, workers) as results:
+        for records, crops in results:
+            for record in records:
+                if record["face_index"] >= 0:
+                    array[count] = crops[record["face_index"]]
+                    record["face_index"] = count
+                    count += 1
+            rows += records
+            bar.update(len(records))
+    table = pd.DataFrame(rows, columns=list(dict.fromkeys([*manifest.columns, *STAGE_COLUMNS])))
     stats = detection_stats(table, options.detector, time.perf_counter() - start)
-    shape = (0, options.size, options.size) + (() if options.grayscale else (3,))
-    array = np.stack(faces) if faces else np.zeros(shape, np.uint8)
-    return array, table, stats
+    return array[:count], table, stats
+
+
+#: Columns the face stage adds to the manifest.
+STAGE_COLUMNS = ("outcome", "bbox", "det_score", "iou", "face_index", "detector", "aligned",
+                 "align_angle", "align_source", "crop_transform")
+
+
+@contextlib.contextmanager
+def _chunk_results(chunks: list, root: Path, options: FaceOptions, workers: int):
+    """(records, crops) of each chunk, in order: in this process, or from a pool of forked
+    workers (one OpenCV thread each) where `workers` > 1 and the detector is Haar (mediapipe
+    already runs in a process of its own)."""
+    workers = min(workers, len(chunks))
+    if workers <= 1 or options.detector != "haar":
+        with _ChunkWorker(root, options) as worker:
+            yield map(worker, chunks)
+        return
+    import multiprocessing
+
+    # fork, not spawn: a spawned worker would re-run the Snakemake script that is __main__.
+    # OpenCV's thread pool is set to one thread before the fork: a forked child inherits a
+    # pool without its threads, and reconfiguring or using it there hangs.
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers, _start_worker,
+                                                      (root, options)) as pool:
+            yield pool.imap(_run_chunk, chunks)
+    finally:
+        cv2.setNumThreads(threads)
+
+
+class _ChunkWorker:
+    """Detector and eye finder of one process, and the face stage of a chunk of rows."""
+
+    def __init__(self, root: Path, options: FaceOptions):
+        self.root, self.options = root, options
+        self.eye_finder = make_eye_finder(options)
+        self._context = make_detector(options)
+
+    def __enter__(self) -> "_ChunkWorker":
+        self.detector = self._context.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._context.__exit__(*exc)
+
+    def __call__(self, records: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
+        """The records completed; face_index counts within the chunk's crops."""
+        crops = []
+        for record in records:
+            crop = self._one(record)
+            record["face_index"] = -1 if crop is None else len(crops)
+            if crop is not None:
+                crops.append(crop)
+        return records, crops
+
+    def _one(self, record: dict) -> np.ndarray | None:
+        options = self.options
+        image = read_image(self.root, record["image"])
+        record.update(outcome="corrupt", bbox="", det_score=np.nan, iou=np.nan,
+                      detector=options.detector, aligned=False, align_angle=0.0,
+                      align_source="", crop_transform="")
+        if image is None:
+            return None
+        found = _detect_or_fallback(image, self.detector, options, record)
+        if found is None:
+            return None
+        face = preprocess_face(image, found, options, self.eye_finder,
+                               parse_landmarks(record.get("landmarks")))
+        if face.align_source:
+            record.update(aligned=True, align_angle=face.angle, align_source=face.align_source)
+        record["crop_transform"] = _numbers_text(crop_transform(image.shape, found.box, options,
+                                                                face.angle))
+        return face.crop
+
+
+_WORKER: _ChunkWorker | None = None
+
+
+def _start_worker(root: Path, options: FaceOptions) -> None:
+    """Pool initializer: the worker's detector and eye finder."""
+    global _WORKER
+    _WORKER = _ChunkWorker(root, options).__enter__()  # Haar only: nothing to close
+
+
+def _run_chunk(records: list[dict]) -> tuple[list[dict], list[np.ndarray]]:
+    return _WORKER(records)
 
 
 @dataclass(frozen=True)
@@ -315,7 +466,7 @@ def align_angle(image: np.ndarray, found: Detection, eye_finder,
     elif found.eyes is not None:
         eyes, source = found.eyes, "detector"
     else:
-        eyes, source = eye_finder(to_gray(image), found.box), "haar-eyes"
+        eyes, source = eye_finder(image, found.box), "haar-eyes"
     if eyes is None:
         return 0.0, ""
     angle = eye_line_angle(eyes)

@@ -86,11 +86,14 @@ def ingest(dataset: dict, root, manifest_path, quarantine_path) -> dict:
 
 # -- 2. faces --------------------------------------------------------------------------------
 
-def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: bool = True) -> dict:
-    """Face stage over one dataset; `out` maps array/table/stats/samples to paths."""
+def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: bool = True,
+           threads: int = 1) -> dict:
+    """Face stage over one dataset, Haar's search split over `threads` processes; `out` maps
+    array/table/stats/samples to paths."""
     options = faces.FaceOptions.from_config(dataset["faces"])
     table = manifest_mod.read(manifest_path)
-    array, face_table, stats = faces.extract_faces(table, Path(root), options, progress)
+    array, face_table, stats = faces.extract_faces(table, Path(root), options, progress,
+                                                   workers=threads)
     faces.write_outputs(array, face_table, stats, out["array"], out["table"], out["stats"],
                         out["samples"], name)
     return stats
@@ -135,7 +138,8 @@ def read_folds(path) -> pd.DataFrame:
 
 def augment_fold(faces_array, folds_path, fold: int, options: dict, seed: int, out_array,
                  out_table) -> None:
-    array, table = augment_mod.augment_fold(np.load(faces_array), read_folds(folds_path), fold,
+    array, table = augment_mod.augment_fold(np.load(faces_array, mmap_mode="r"),
+                                            read_folds(folds_path), fold,
                                             augment_mod.AugmentOptions.from_config(options), seed)
     Path(out_array).parent.mkdir(parents=True, exist_ok=True)
     np.save(out_array, array)

@@ -209,14 +209,21 @@ class Recognizer:
     With `detect_every` N > 1 the detector runs on every N-th frame only and the frames in
     between reuse its boxes (faces move little in 1/10 s at 30 fps); every frame's faces are
     still cropped and classified. N = 1 is the paper's system.
+
+    With `full_search_every` M > 1 (Haar only) the detector still searches every frame, but
+    only around the previous frame's faces, and the whole frame every M-th frame
+    (`faces.RoiSearch`); M = 1 searches the whole of every frame.
     """
 
     def __init__(self, live_model: LiveModel, device: torch.device, detect_scale: float = 1.0,
-                 detect_every: int = 1):
+                 detect_every: int = 1, full_search_every: int = 1):
         if not 0.0 < detect_scale <= 1.0:
             raise ValueError(f"--detect-scale must lie in (0, 1], not {detect_scale}")
         if detect_every < 1:
             raise ValueError(f"--detect-every must be at least 1, not {detect_every}")
+        if full_search_every != 1 and live_model.face_options.detector == "mediapipe":
+            raise ValueError("--full-search-every searches around the previous faces with Haar "
+                             "only; this model's faces were found with mediapipe")
         self.model = live_model
         self.device = device
         self.detect_scale = detect_scale
@@ -231,6 +238,9 @@ class Recognizer:
         self.eye_finder = faces.make_eye_finder(options)
         self._detector_context = faces.make_detector(self.detector_options)
         self.detector = self._detector_context.__enter__()
+        self.full_search_every = full_search_every
+        if full_search_every != 1:
+            self.detector = faces.RoiSearch(self.detector, full_search_every)
         self._warm_up()
 
     def __enter__(self) -> "Recognizer":
@@ -445,6 +455,9 @@ def run(source: Source, recognizer: Recognizer, out_dir: Path, display: bool = F
     summary = {"source": source.name, "model": recognizer.model.name,
                "device": str(recognizer.device), "detect_scale": recognizer.detect_scale,
                "detect_every": recognizer.detect_every,
+               "full_search_every": recognizer.full_search_every,
+               # whole-frame searches, those a lost face forced included (None: every search)
+               "full_searches": getattr(recognizer.detector, "full_searches", None),
                "torch_threads": torch.get_num_threads(), "video": VIDEO_NAME,
                **timings.summary(wall_s)}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -517,12 +530,12 @@ def synthetic_frames(count: int, frames: int, size: tuple[int, int] = (640, 480)
         for face in layout:
             dx = 6 * math.sin(2 * math.pi * t / 50 + face.phase)
             dy = 4 * math.cos(2 * math.pi * t / 70 + face.phase)
-            boxes.append(_paste(frame, patch, face_box, face, face.origin[0] + dx,
+            boxes.append(paste_face(frame, patch, face_box, face, face.origin[0] + dx,
                                 face.origin[1] + dy))
         yield frame.astype(np.uint8), boxes
 
 
-def _paste(frame: np.ndarray, patch: np.ndarray, face_box, face: SyntheticFace, x: float,
+def paste_face(frame: np.ndarray, patch: np.ndarray, face_box, face: SyntheticFace, x: float,
            y: float) -> tuple[int, int, int, int]:
     """Blend the scaled (and mirrored) patch in at (x, y) through a soft oval; its face box."""
     pw, ph = (int(round(v * face.scale)) for v in patch.shape[1::-1])

@@ -19,7 +19,8 @@ rule faces:
         benchmark_path("faces", "{dataset}")
     conda:
         "../envs/ferbench.yaml"
-    threads: 1
+    # Haar's search is split over the job's threads (processes); outputs do not depend on it
+    threads: workflow.cores or 1
     resources:
         mem_mb=4000,
         runtime=120,

@@ -9,5 +9,6 @@ with logged(snakemake):
         jobs.dataset_root(dataset, snakemake.input.get("raw") or None),
         snakemake.input.manifest,
         dict(snakemake.output.items()),
+        threads=snakemake.threads,
     )
     print(stats)

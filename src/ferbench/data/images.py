@@ -55,6 +55,32 @@ def parse_pixels(text: str) -> np.ndarray:
     return grey.astype(np.uint8).reshape(TABLE_FACE_SIDE, TABLE_FACE_SIDE)
 
 
+#: Rows of a pixel table read and parsed at a time: the table's text never sits in memory
+#: whole (FER2013's is 290 MB of strings), only this many rows of it.
+TABLE_CHUNK_ROWS = 2048
+
+
+def parse_pixel_rows(texts) -> tuple[np.ndarray, list[str | None]]:
+    """Many pixel strings: (n, 48, 48) uint8 faces (zeros where malformed) and each row's
+    problem (None where it decodes). (Row by row: numpy's text parsers, over one chunk's
+    joined text or over its bytes, measured slower here than `parse_pixels` per row.)"""
+    faces = np.zeros((len(texts), TABLE_FACE_SIDE, TABLE_FACE_SIDE), np.uint8)
+    problems: list[str | None] = []
+    for i, text in enumerate(texts):
+        try:
+            faces[i] = parse_pixels(text)
+            problems.append(None)
+        except ValueError as malformed:
+            problems.append(str(malformed))
+    return faces, problems
+
+
+def read_pixel_table(path, columns=None):
+    """The pixel table at `path` as text columns, TABLE_CHUNK_ROWS rows at a time."""
+    return pd.read_csv(path, usecols=columns, dtype=str, keep_default_na=False,
+                       chunksize=TABLE_CHUNK_ROWS)
+
+
 def decode_problem(path: str | Path) -> str | None:
     """Why an image file does not decode to its end, or None.
 
@@ -89,22 +115,21 @@ def read_image(root: str | Path, image: str) -> np.ndarray | None:
     if not path.is_file():
         return None
     stat = path.stat()
-    faces = _pixel_table(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-    grey = faces[row] if row < len(faces) else None
-    return None if grey is None else cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
+    chunks = _pixel_table(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    index, offset = divmod(row, TABLE_CHUNK_ROWS)
+    if index >= len(chunks) or offset >= len(chunks[index][0]) or not chunks[index][1][offset]:
+        return None
+    return cv2.cvtColor(chunks[index][0][offset], cv2.COLOR_GRAY2BGR)
 
 
 @functools.lru_cache(maxsize=2)
-def _pixel_table(path: str, mtime_ns: int, size: int) -> list[np.ndarray | None]:
-    """Every face of a pixel table, None where its pixel string is malformed. Parsed once
-    per process (the face stage asks for all rows in turn); the file's modification time
-    and size are part of the key so that a replaced table is read again."""
-    column = pd.read_csv(path, usecols=[PIXEL_COLUMN], dtype=str, keep_default_na=False)
-    return [_parsed_or_none(text) for text in column[PIXEL_COLUMN]]
-
-
-def _parsed_or_none(text: str) -> np.ndarray | None:
-    try:
-        return parse_pixels(text)
-    except ValueError:
-        return None
+def _pixel_table(path: str, mtime_ns: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Every face of a pixel table, as (faces, decodes) per TABLE_CHUNK_ROWS rows, `decodes`
+    false where the pixel string is malformed. Parsed once per process (the face stage asks
+    for all rows in turn); the file's modification time and size are part of the key so that
+    a replaced table is read again."""
+    chunks = []
+    for chunk in read_pixel_table(path, [PIXEL_COLUMN]):
+        faces, problems = parse_pixel_rows(chunk[PIXEL_COLUMN])
+        chunks.append((faces, np.array([problem is None for problem in problems])))
+    return chunks

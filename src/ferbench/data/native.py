@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from ferbench.data.adapters import _adapter, _image_files, _label_key, _require
-from ferbench.data.images import PIXEL_COLUMN, parse_pixels, row_image
+from ferbench.data.images import PIXEL_COLUMN, parse_pixel_rows, read_pixel_table, row_image
 
 #: The seven class folders of FER2013's folder repackaging and of SFEW (any letter case).
 BASIC_FOLDERS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness",
@@ -304,22 +304,23 @@ def _class_folder_rows(root: Path, base: Path, classes: dict[str, str], dataset:
 
 def _fer2013_rows(root: Path, table: Path) -> list[dict]:
     """One row per CSV row, named `fer2013.csv#<row>`; a pixel string that does not decode
-    to a 48x48 face is quarantined here rather than found corrupt later."""
-    frame = pd.read_csv(table, dtype=str, keep_default_na=False)
-    absent = [column for column in FER2013_COLUMNS if column not in frame.columns]
+    to a 48x48 face is quarantined here rather than found corrupt later. The table is read
+    a chunk of rows at a time (`images.read_pixel_table`), never whole."""
+    columns = list(pd.read_csv(table, nrows=0).columns)
+    absent = [column for column in FER2013_COLUMNS if column not in columns]
     if absent:
         raise ValueError(f"{table} has no column {', '.join(absent)} (it has "
-                         f"{', '.join(frame.columns)}); expected {','.join(FER2013_COLUMNS)}")
+                         f"{', '.join(columns)}); expected {','.join(FER2013_COLUMNS)}")
     name = table.relative_to(root).as_posix()
     rows = []
-    for index, (code, pixels, usage) in enumerate(zip(*(frame[c] for c in FER2013_COLUMNS))):
-        row = {"image": row_image(name, index), "source_split": usage.strip(),
-               **_labelled(code, FER2013_CODES, "FER2013 emotion code")}
-        try:
-            parse_pixels(pixels)
-        except ValueError as malformed:
-            row["reason"] = f"malformed pixels: {malformed}"
-        rows.append(row)
+    for chunk in read_pixel_table(table, list(FER2013_COLUMNS)):
+        _, problems = parse_pixel_rows(chunk[PIXEL_COLUMN])
+        for code, usage, problem in zip(chunk["emotion"], chunk["Usage"], problems):
+            row = {"image": row_image(name, len(rows)), "source_split": usage.strip(),
+                   **_labelled(code, FER2013_CODES, "FER2013 emotion code")}
+            if problem:
+                row["reason"] = f"malformed pixels: {problem}"
+            rows.append(row)
     return rows
 
 
