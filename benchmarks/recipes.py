@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ferbench import config as config_mod
-from ferbench import jobs, models, recipes, train
+from ferbench import jobs, models, paths, recipes, train
 
 
 def prepare(config: dict, dataset: str, protocol: str, work: Path) -> dict:
@@ -32,7 +32,7 @@ def prepare(config: dict, dataset: str, protocol: str, work: Path) -> dict:
     raw = work / "raw"
     if block["source"] != "path" and not raw.exists():
         jobs.fetch(block, raw, seed, progress=False)
-    root = jobs.dataset_root(block, raw)
+    root = paths.dataset_root(block, raw)
     paths = {"faces": work / "faces.npy", "faces_table": work / "faces.csv",
              "folds": work / "folds.csv"}
     if not paths["faces"].exists():

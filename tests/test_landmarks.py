@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 
-from ferbench import faces, landmarks, mediapipe_client
+from ferbench import config as config_mod
+from ferbench import faces, landmarks, mediapipe_client, paths
 from ferbench.data import synthetic
+from tests.conftest import tiny_config
+from tests.workflow_helpers import STUDY_FILE, env, snakemake_command, write_config
 
 OPTIONS = faces.FaceOptions(size=64)
 needs_mediapipe = pytest.mark.skipif(not mediapipe_client.available(),
@@ -107,3 +112,47 @@ def test_the_mediapipe_face_stage_and_mesh_fallback(stage):
     points, counts = landmarks.crop_landmarks(table, len(crops), root, "mediapipe",
                                               progress=False)
     assert counts["mesh"] == len(crops) and np.isfinite(points).all()
+
+
+@needs_mediapipe
+def test_recorded_detections_give_the_face_stage_what_the_worker_finds(stage, tmp_path):
+    """Rule mediapipe_detect's batch mode (MediaPipe's own environment) and the live worker
+    give the face stage byte-identical crops and the same table."""
+    root, manifest, _, _ = stage
+    options = replace(OPTIONS, detector="mediapipe")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    (root / "unreadable.png").write_bytes(b"not a png")
+    unreadable = manifest.iloc[:1].assign(image="unreadable.png")
+    unreadable.to_csv(tmp_path / "manifest.csv", mode="a", header=False, index=False)
+    subprocess.run([str(mediapipe_client.interpreter()), str(mediapipe_client.WORKER),
+                    "detect-manifest", str(tmp_path / "manifest.csv"), str(root),
+                    str(tmp_path / "mediapipe.jsonl")], check=True, timeout=300)
+    recorded = faces.RecordedDetections(tmp_path / "mediapipe.jsonl", options.min_face)
+    assert recorded.faces["unreadable.png"] == []
+    assert all(recorded.faces[name] for name in manifest["image"])
+    live_crops, live_table, _ = faces.extract_faces(manifest, root, options, progress=False)
+    crops, table, _ = faces.extract_faces(manifest, root, options, progress=False,
+                                          recorded=recorded)
+    np.testing.assert_array_equal(crops, live_crops)
+    pd.testing.assert_frame_equal(table, live_table)
+    with pytest.raises(KeyError, match="rerun mediapipe_detect"):
+        recorded.detect("absent.png")
+
+
+def test_a_mediapipe_dataset_is_detected_by_its_own_rule_in_its_own_environment(tmp_path):
+    """The DAG: mediapipe_detect (conda env mediapipe.yaml) feeds the face stage; a Haar
+    dataset has no such job."""
+    config = tiny_config(tmp_path / "results")
+    config["datasets"]["synthetic"].setdefault("faces", {})["detector"] = "mediapipe"
+    write_config(tmp_path, config)
+    faces_table = paths.fill(paths.FACES_TABLE, config_mod.load(tmp_path / STUDY_FILE),
+                             dataset="synthetic")
+    dry = subprocess.run(snakemake_command(tmp_path, "-n", faces_table),
+                         capture_output=True, text=True, env=env(), timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    assert "rule mediapipe_detect:" in dry.stdout and "rule faces:" in dry.stdout
+    config["datasets"]["synthetic"]["faces"]["detector"] = "haar"
+    write_config(tmp_path, config)
+    dry = subprocess.run(snakemake_command(tmp_path, "-n", faces_table),
+                         capture_output=True, text=True, env=env(), timeout=300)
+    assert dry.returncode == 0 and "mediapipe_detect" not in dry.stdout, dry.stderr

@@ -18,6 +18,8 @@ from ferbench import paths, splits
 CODE = {
     "fetch": ["src/ferbench/data", "workflow/scripts/fetch.py"],
     "ingest": ["src/ferbench/data", "workflow/scripts/ingest.py"],
+    "mediapipe_detect": ["src/ferbench/mediapipe_worker.py", "workflow/envs/mediapipe.yaml",
+                         "workflow/envs/mediapipe-requirements.txt"],
     "faces": ["src/ferbench/faces.py", "src/ferbench/mediapipe_client.py",
               "src/ferbench/mediapipe_worker.py", "workflow/scripts/faces.py"],
     "landmarks": ["src/ferbench/landmarks.py", "src/ferbench/data/images.py",
@@ -71,9 +73,15 @@ def stages(config: dict, config_file: str) -> dict:
         out[f"ingest_{dataset}"] = _stage(
             "ingest", config_file, [manifest, fill(paths.INGEST_QUARANTINE, dataset=dataset)],
             raw, ds)
+        detections = []
+        if block["faces"]["detector"] == "mediapipe":
+            detections = [fill(paths.MEDIAPIPE_DETECTIONS, dataset=dataset)]
+            out[f"mediapipe_detect_{dataset}"] = _stage("mediapipe_detect", config_file,
+                                                        detections, raw + [manifest], ds)
         faces = [fill(t, dataset=dataset) for t in
                  (paths.FACES_ARRAY, paths.FACES_TABLE, paths.FACES_SAMPLES, paths.DETECTION)]
-        out[f"faces_{dataset}"] = _stage("faces", config_file, faces, raw + [manifest], ds)
+        out[f"faces_{dataset}"] = _stage("faces", config_file, faces,
+                                         raw + [manifest] + detections, ds)
         out[f"landmarks_{dataset}"] = _stage(
             "landmarks", config_file,
             [fill(paths.LANDMARKS_ARRAY, dataset=dataset),

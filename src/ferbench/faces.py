@@ -305,13 +305,34 @@ def make_detector(options: FaceOptions):
     return contextlib.nullcontext(None)
 
 
+def worker_detections(found: list[dict], min_face: int) -> list[Detection]:
+    """The mediapipe worker's faces (box, score, eyes) as Detections of at least `min_face`."""
+    return [Detection(tuple(f["box"]), f["score"], tuple(map(tuple, f["eyes"])))
+            for f in found if min(f["box"][2:]) >= min_face]
+
+
+class RecordedDetections:
+    """BlazeFace's faces per image as the `mediapipe_detect` rule wrote them (JSON Lines), so
+    the face stage runs in the main environment and MediaPipe in its own."""
+
+    def __init__(self, path: str | Path, min_face: int = 0):
+        self.min_face = min_face
+        with open(path) as lines:
+            self.faces = {row["image"]: row["faces"] or [] for row in map(json.loads, lines)}
+
+    def detect(self, image: str) -> list[Detection]:
+        if image not in self.faces:
+            raise KeyError(f"{image}: not in the recorded detections (rerun mediapipe_detect)")
+        return worker_detections(self.faces[image], self.min_face)
+
+
 #: Rows a face-stage worker takes at a time: large enough that handing rows out costs little
 #: next to detecting them, small enough that both workers stay busy to the end.
 CHUNK_ROWS = 64
 
 
 def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, progress: bool = True,
-                  workers: int = 1):
+                  workers: int = 1, recorded: "RecordedDetections | None" = None):
     """Run the face stage over a manifest.
 
     Returns (faces, table, stats): `faces` is an (N, size, size[, 3]) uint8 array of usable
@@ -323,6 +344,8 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     With `workers` > 1 a Haar stage splits the rows into chunks over that many processes;
     every image is prepared on its own, so the outputs are those of one process, byte for
     byte. The faces go straight into one preallocated array, never into a list of them.
+    `recorded`: the detector's faces per image, found beforehand in its own environment (the
+    workflow's `mediapipe_detect` rule), used instead of running the detector here.
     """
     start = time.perf_counter()
     shape = (options.size, options.size) + (() if options.grayscale else (3,))
@@ -331,7 +354,7 @@ def extract_faces(manifest: pd.DataFrame, root: Path, options: FaceOptions, prog
     chunks = [[row._asdict() for row in manifest.iloc[i:i + CHUNK_ROWS].itertuples(index=False)]
               for i in range(0, len(manifest), CHUNK_ROWS)]
     with tqdm(total=len(manifest), desc="faces", disable=not progress, unit="img") as bar, \
-            _chunk_results(chunks, Path(root), options, workers) as results:
+            _chunk_results(chunks, Path(root), options, workers, recorded) as results:
         for records, crops in results:
             for record in records:
                 if record["face_index"] >= 0:
@@ -351,13 +374,13 @@ STAGE_COLUMNS = ("outcome", "bbox", "det_score", "iou", "face_index", "detector"
 
 
 @contextlib.contextmanager
-def _chunk_results(chunks: list, root: Path, options: FaceOptions, workers: int):
+def _chunk_results(chunks: list, root: Path, options: FaceOptions, workers: int, recorded=None):
     """(records, crops) of each chunk, in order: in this process, or from a pool of forked
     workers (one OpenCV thread each) where `workers` > 1 and the detector is Haar (mediapipe
     already runs in a process of its own)."""
     workers = min(workers, len(chunks))
     if workers <= 1 or options.detector != "haar":
-        with _ChunkWorker(root, options) as worker:
+        with _ChunkWorker(root, options, recorded) as worker:
             yield map(worker, chunks)
         return
     import multiprocessing
@@ -378,10 +401,10 @@ def _chunk_results(chunks: list, root: Path, options: FaceOptions, workers: int)
 class _ChunkWorker:
     """Detector and eye finder of one process, and the face stage of a chunk of rows."""
 
-    def __init__(self, root: Path, options: FaceOptions):
-        self.root, self.options = root, options
+    def __init__(self, root: Path, options: FaceOptions, recorded=None):
+        self.root, self.options, self.recorded = root, options, recorded
         self.eye_finder = make_eye_finder(options)
-        self._context = make_detector(options)
+        self._context = contextlib.nullcontext(None) if recorded else make_detector(options)
 
     def __enter__(self) -> "_ChunkWorker":
         self.detector = self._context.__enter__()
@@ -408,7 +431,7 @@ class _ChunkWorker:
                       align_source="", crop_transform="")
         if image is None:
             return None
-        found = _detect_or_fallback(image, self.detector, options, record)
+        found = _detect_or_fallback(image, self._faces(image, record), options, record)
         if found is None:
             return None
         face = preprocess_face(image, found, options, self.eye_finder,
@@ -418,6 +441,12 @@ class _ChunkWorker:
         record["crop_transform"] = _numbers_text(crop_transform(image.shape, found.box, options,
                                                                 face.angle))
         return face.crop
+
+    def _faces(self, image: np.ndarray, record: dict) -> list[Detection] | None:
+        """The faces found in a record's image; None where the stage has no detector."""
+        if self.recorded is not None:
+            return self.recorded.detect(record["image"])
+        return None if self.detector is None else self.detector.detect(image)
 
 
 _WORKER: _ChunkWorker | None = None
@@ -475,15 +504,15 @@ def align_angle(image: np.ndarray, found: Detection, eye_finder,
     return angle, source
 
 
-def _detect_or_fallback(image, detector, options: FaceOptions, record: dict):
-    """Detect the face of one image, recording the outcome; returns the Detection to crop
-    (the whole image on a miss under `full-image`) or None."""
+def _detect_or_fallback(image, found: list | None, options: FaceOptions, record: dict):
+    """Choose the face of one image from what was `found` (None: no detector), recording the
+    outcome; returns the Detection to crop (the whole image on a miss under `full-image`)
+    or None."""
     height, width = image.shape[:2]
     full = Detection((0, 0, width, height))
-    if detector is None:
+    if found is None:
         record.update(outcome="full-image", bbox=_box_text(full.box))
         return full
-    found = detector.detect(image)
     gt = parse_box(record.get("gt_bbox", "") or "")
     if found:
         best = found[0]

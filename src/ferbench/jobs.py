@@ -66,11 +66,6 @@ def fetch(dataset: dict, raw_dir, seed: int, progress: bool = True) -> None:
         raise ValueError(f"source {dataset['source']!r} has nothing to fetch")
 
 
-def dataset_root(dataset: dict, raw_dir) -> Path:
-    """Where a dataset's native layout lives: the user's copy, or what fetch wrote."""
-    return Path(dataset["path"]) if dataset["source"] == "path" else Path(raw_dir)
-
-
 def ingest(dataset: dict, root, manifest_path, quarantine_path) -> dict:
     """Read the native layout through its adapter; write manifest and quarantine tables."""
     from ferbench.data import adapters
@@ -87,13 +82,14 @@ def ingest(dataset: dict, root, manifest_path, quarantine_path) -> dict:
 # -- 2. faces --------------------------------------------------------------------------------
 
 def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: bool = True,
-           threads: int = 1) -> dict:
+           threads: int = 1, detections=None) -> dict:
     """Face stage over one dataset, Haar's search split over `threads` processes; `out` maps
-    array/table/stats/samples to paths."""
+    array/table/stats/samples to paths; `detections`: the `mediapipe_detect` rule's faces."""
     options = faces.FaceOptions.from_config(dataset["faces"])
     table = manifest_mod.read(manifest_path)
+    recorded = detections and faces.RecordedDetections(detections, options.min_face)
     array, face_table, stats = faces.extract_faces(table, Path(root), options, progress,
-                                                   workers=threads)
+                                                   workers=threads, recorded=recorded or None)
     faces.write_outputs(array, face_table, stats, out["array"], out["table"], out["stats"],
                         out["samples"], name)
     return stats

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ferbench.faces import Detection
+from ferbench.faces import Detection, worker_detections
 
 WORKER = Path(__file__).with_name("mediapipe_worker.py")
 PYTHON_VARIABLE = "FERBENCH_MEDIAPIPE_PYTHON"
@@ -89,9 +89,7 @@ class MediapipeWorker:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         """Faces in a BGR image, most confident first, with BlazeFace's eye keypoints."""
-        found = self._request("detect", image)["faces"]
-        return [Detection(tuple(f["box"]), f["score"], tuple(map(tuple, f["eyes"])))
-                for f in found if min(f["box"][2:]) >= self.min_face]
+        return worker_detections(self._request("detect", image)["faces"], self.min_face)
 
     def mesh(self, image: np.ndarray, box) -> np.ndarray | None:
         """The 468 face-mesh points (x, y) of the face in `box`, image pixels; None if lost."""

@@ -10,8 +10,16 @@ cv2, mediapipe and the standard library. One process serves a whole dataset:
     reply:   one JSON line; detect: {"faces": [{"box", "score", "eyes"}, ...]} best first,
              eyes image-left first; mesh: {"points": 468 [x, y] or null}; all in image pixels
     on start it writes {"ready": "<mediapipe version>"}; a failed request gets {"error": ...}
+
+It also runs as the workflow's `mediapipe_detect` rule, in MediaPipe's own conda environment:
+
+    python mediapipe_worker.py detect-manifest MANIFEST.csv ROOT OUT.jsonl
+
+writes one line {"image": name, "faces": [...] or null (unreadable)} per manifest row, which
+the face stage reads instead of running the detector itself.
 """
 
+import csv
 import json
 import sys
 
@@ -61,8 +69,7 @@ def mesh(face_mesh, rgb: np.ndarray, box) -> list | None:
 
 
 def serve(stdin, stdout) -> None:
-    detector = mp.solutions.face_detection.FaceDetection(
-        model_selection=DETECTOR_MODEL, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
+    detector = _face_detection()
     face_mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1)
     stdout.write(json.dumps({"ready": mp.__version__}) + "\n")
     stdout.flush()
@@ -83,5 +90,30 @@ def serve(stdin, stdout) -> None:
         stdout.flush()
 
 
+def _face_detection():
+    return mp.solutions.face_detection.FaceDetection(
+        model_selection=DETECTOR_MODEL, min_detection_confidence=MIN_DETECTION_CONFIDENCE)
+
+
+def detect_manifest(manifest: str, root: str, out: str) -> None:
+    """BlazeFace over every image a manifest names (a pixel-table row holds a face already
+    cropped: such datasets take detector `none`)."""
+    detector = _face_detection()
+    with open(manifest, newline="") as rows, open(out, "w") as lines:
+        for count, row in enumerate(csv.DictReader(rows), 1):
+            name = row["image"]
+            if ".csv#" in name.lower():
+                sys.exit(f"mediapipe_detect: {name} is a pixel-table row, a face already "
+                         "cropped: set the dataset's faces.detector to none")
+            bgr = cv2.imread(f"{root}/{name}", cv2.IMREAD_COLOR)
+            faces = None if bgr is None else detect(detector, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            lines.write(json.dumps({"image": name, "faces": faces}) + "\n")
+            if count % 500 == 0:
+                print(f"mediapipe_detect: {count} images", file=sys.stderr, flush=True)
+
+
 if __name__ == "__main__":
-    serve(sys.stdin.buffer, sys.stdout)
+    if sys.argv[1:2] == ["detect-manifest"]:
+        detect_manifest(*sys.argv[2:5])
+    else:
+        serve(sys.stdin.buffer, sys.stdout)

@@ -19,6 +19,8 @@ FACES_ARRAY = "{results}/{dataset}/faces/faces.npy"
 FACES_TABLE = "{results}/{dataset}/faces/faces.csv"
 FACES_SAMPLES = "{results}/{dataset}/faces/samples.png"
 DETECTION = "{results}/{dataset}/detection.json"
+#: BlazeFace's faces per image, found by rule mediapipe_detect in MediaPipe's own environment.
+MEDIAPIPE_DETECTIONS = "{results}/{dataset}/faces/mediapipe.jsonl"
 
 # Landmarks stage: 68 points per face crop, aligned row-for-row with FACES_ARRAY.
 LANDMARKS_ARRAY = "{results}/{dataset}/landmarks.npy"
@@ -236,3 +238,8 @@ def per_protocol(template: str, config: dict) -> list[str]:
 def beside_protocol(template: str, summary_path) -> Path:
     """A (dataset, protocol) file of the study whose summary.json is given."""
     return Path(summary_path).parent.parent / Path(template).name
+
+
+def dataset_root(dataset: dict, raw_dir) -> Path:
+    """Where a dataset's native layout lives: the user's copy, or what fetch wrote."""
+    return Path(dataset["path"]) if dataset["source"] == "path" else Path(raw_dir)

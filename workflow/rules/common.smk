@@ -2,6 +2,7 @@
 from ferbench import config as ferbench_config
 from ferbench import paths, splits
 from snakemake.exceptions import WorkflowError
+from snakemake.settings.types import DeploymentMethod
 
 if not config:
     raise WorkflowError(
@@ -126,3 +127,21 @@ def dedupe_arrays(wildcards):
         "dedupe_trained": path(paths.FACES_ARRAY, dataset=wildcards.dataset),
         "dedupe_tested": tested_faces_array(wildcards),
     }
+
+
+def mediapipe_detections(wildcards):
+    """mediapipe_detect's faces, for a dataset whose face stage uses BlazeFace."""
+    if dataset_config(wildcards)["faces"]["detector"] != "mediapipe":
+        return []
+    return path(paths.MEDIAPIPE_DETECTIONS, dataset=wildcards.dataset)
+
+
+def dataset_root(wildcards, input):
+    return paths.dataset_root(dataset_config(wildcards), input.get("raw"))
+
+
+def mediapipe_python(wildcards):
+    """The rule's conda environment under --use-conda / --sdm conda, else .venv-mediapipe."""
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method:
+        return "python"
+    return str(mediapipe_client.interpreter())

@@ -1,8 +1,35 @@
+rule mediapipe_detect:
+    """BlazeFace over every image, in MediaPipe's own environment (it needs numpy<2)."""
+    input:
+        raw=raw_input,
+        manifest=path(paths.MANIFEST),
+    output:
+        path(paths.MEDIAPIPE_DETECTIONS),
+    log:
+        log_path("mediapipe_detect", "{dataset}"),
+    benchmark:
+        benchmark_path("mediapipe_detect", "{dataset}")
+    conda:
+        "../envs/mediapipe.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        python=mediapipe_python,
+        worker=mediapipe_client.WORKER,
+        root=dataset_root,
+    shell:
+        "{params.python:q} {params.worker:q} detect-manifest {input.manifest:q} "
+        "{params.root:q} {output:q} 2> {log:q}"
+
+
 rule faces:
     """Detect, crop, resize and normalise every face; record each image's outcome."""
     input:
         raw=raw_input,
         manifest=path(paths.MANIFEST),
+        detections=mediapipe_detections,
     output:
         array=path(paths.FACES_ARRAY),
         table=path(paths.FACES_TABLE),

@@ -1,4 +1,4 @@
-from ferbench import jobs
+from ferbench import jobs, paths
 from ferbench.snakemake_io import logged
 
 with logged(snakemake):
@@ -6,9 +6,10 @@ with logged(snakemake):
     stats = jobs.detect(
         snakemake.wildcards.dataset,
         dataset,
-        jobs.dataset_root(dataset, snakemake.input.get("raw") or None),
+        paths.dataset_root(dataset, snakemake.input.get("raw") or None),
         snakemake.input.manifest,
         dict(snakemake.output.items()),
         threads=snakemake.threads,
+        detections=snakemake.input.get("detections") or None,
     )
     print(stats)

@@ -1,8 +1,8 @@
-from ferbench import jobs
+from ferbench import jobs, paths
 from ferbench.snakemake_io import logged
 
 with logged(snakemake):
     dataset = snakemake.params.dataset
-    root = jobs.dataset_root(dataset, snakemake.input.get("raw") or None)
+    root = paths.dataset_root(dataset, snakemake.input.get("raw") or None)
     counts = jobs.ingest(dataset, root, snakemake.output.manifest, snakemake.output.quarantine)
     print(counts)

@@ -1,11 +1,11 @@
-from ferbench import jobs, landmarks
+from ferbench import landmarks, paths
 from ferbench.snakemake_io import logged
 
 with logged(snakemake):
     dataset = snakemake.params.dataset
     counts = landmarks.run(
         dataset,
-        jobs.dataset_root(dataset, snakemake.input.get("raw") or None),
+        paths.dataset_root(dataset, snakemake.input.get("raw") or None),
         snakemake.input.table,
         snakemake.input.array,
         snakemake.output.array,
