@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -106,6 +107,10 @@ def test_mlflow_runs_and_models_uris_give_the_model_file_table(table, photos, mo
     tracker = tracking.Tracker(uri, "predict-test", tmp_path)
     run_id = tracker.start_run("deep_emotion-fold0", {})
     model_uri = jobs.log_mlflow_model(tracker, run_id, model_file)
+    # The summarize job registers in a process of its own, whose MLflow default store is
+    # another one (./mlflow.db): its Tracker must still find the logged model.
+    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "elsewhere.db"))
+    tracker = tracking.Tracker(uri, "predict-test", tmp_path)
     assert tracker.register("ferbench-photos", model_uri, run_id) == 1
     assert jobs.log_mlflow_model(tracker, run_id, model_file) == model_uri  # reruns add
     assert tracker.register("ferbench-photos", model_uri, run_id) == 1  # no model, no version

@@ -76,11 +76,16 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, results: str | Path):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
         from mlflow.tracking import MlflowClient
 
         if uri.startswith("sqlite:"):  # seconds of imports on a busy node: not under the lock,
             import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  or fold jobs queue
         self.uri = uri
+        # mlflow.pytorch.log_model and the registry's create_model_version (which looks the
+        # logged model up) use the process-wide tracking URI, whatever the client's: without
+        # this, registering in a fresh process looked in ./mlflow.db and failed.
+        mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
             self.client = MlflowClient(tracking_uri=uri)
             self.experiment_id = retry(self._experiment, experiment, Path(results))
@@ -231,7 +236,6 @@ class Tracker:
 
         with torch.no_grad():
             output = network(torch.from_numpy(example)).numpy()
-        mlflow.set_tracking_uri(self.uri)
 
         def log() -> str:
             with mlflow.start_run(run_id=run_id, log_system_metrics=False):
