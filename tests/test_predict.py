@@ -109,11 +109,14 @@ def test_mlflow_runs_and_models_uris_give_the_model_file_table(table, photos, mo
     model_uri = jobs.log_mlflow_model(tracker, run_id, model_file)
     # The summarize job registers in a process of its own, whose MLflow default store is
     # another one (./mlflow.db): its Tracker must still find the logged model.
-    mlflow.set_tracking_uri("sqlite:///" + str(tmp_path / "elsewhere.db"))
+    elsewhere = "sqlite:///" + str(tmp_path / "elsewhere.db")
+    mlflow.set_tracking_uri(elsewhere)
     tracker = tracking.Tracker(uri, "predict-test", tmp_path)
     assert tracker.register("ferbench-photos", model_uri, run_id) == 1
     assert jobs.log_mlflow_model(tracker, run_id, model_file) == model_uri  # reruns add
     assert tracker.register("ferbench-photos", model_uri, run_id) == 1  # no model, no version
+    mlflow.set_tracking_uri(elsewhere)  # so does `ferbench predict` in a fresh process
+    mlflow.set_registry_uri(elsewhere)
     for source in (f"runs:/{run_id}/model", "models:/ferbench-photos/1"):
         served = predict_api([photos / "photo.png", photos / "photo16.tiff"], source, uri)
         expected = table[table["file"].isin(served["file"])].reset_index(drop=True)
