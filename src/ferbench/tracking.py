@@ -87,7 +87,7 @@ class Tracker:
         # this, registering in a fresh process looked in ./mlflow.db and failed.
         mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
-            self.client = MlflowClient(tracking_uri=uri)
+            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
             self.experiment_id = retry(self._experiment, experiment, Path(results))
             self.mark_experiment()
 
