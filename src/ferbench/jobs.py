@@ -87,9 +87,9 @@ def detect(name: str, dataset: dict, root, manifest_path, out: dict, progress: b
     array/table/stats/samples to paths; `detections`: the `mediapipe_detect` rule's faces."""
     options = faces.FaceOptions.from_config(dataset["faces"])
     table = manifest_mod.read(manifest_path)
-    recorded = detections and faces.RecordedDetections(detections, options.min_face)
+    recorded = faces.RecordedDetections(detections, options.min_face) if detections else None
     array, face_table, stats = faces.extract_faces(table, Path(root), options, progress,
-                                                   workers=threads, recorded=recorded or None)
+                                                   workers=threads, recorded=recorded)
     faces.write_outputs(array, face_table, stats, out["array"], out["table"], out["stats"],
                         out["samples"], name)
     return stats

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ferbench import faces, models
 from ferbench import train as train_mod
-from ferbench.data.images import IMAGE_SUFFIXES
+from ferbench.data.images import IMAGE_SUFFIXES, folder_images
 
 #: The annotated video: MPEG-4 part 2 is the codec the headless OpenCV wheel can write here
 #: (its FFmpeg has no usable H.264 encoder: `avc1` fails to open).
@@ -64,7 +64,7 @@ def open_source(spec: str, fps: float | None = None) -> Source:
     if not path.exists():
         raise FileNotFoundError(f"no such video, image folder or webcam index: {spec}")
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = folder_images(path)
         if not images:
             raise ValueError(f"{path} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return Source(_read_images(images), len(images), fps or DEFAULT_FPS, str(path))

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from ferbench import live
-from ferbench.data.images import IMAGE_SUFFIXES
+from ferbench.data.images import folder_images
 
 #: The table's leading columns; one `p_<label>` column per class follows.
 COLUMNS = ("file", "face", "x", "y", "w", "h", "label", "probability")
@@ -28,12 +28,12 @@ FORMATS = ("csv", "jsonl")
 
 
 def image_files(sources) -> list[Path]:
-    """The files named, and each named folder's images (IMAGE_SUFFIXES), sorted."""
+    """The files named, and each named folder's images, sorted."""
     found = []
     for source in [sources] if isinstance(sources, (str, Path)) else sources:
         path = Path(source)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += folder_images(path)
         elif path.is_file():
             found.append(path)
         else:

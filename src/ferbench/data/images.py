@@ -24,6 +24,11 @@ TABLE_FACE_PIXELS = TABLE_FACE_SIDE * TABLE_FACE_SIDE
 IMAGE_SUFFIXES = frozenset({".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".tif", ".tiff",
                             ".webp"})
 
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in `folder` (IMAGE_SUFFIXES), in name order."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 #: Column of a pixel table that holds the space-separated grey values.
 PIXEL_COLUMN = "pixels"
 
