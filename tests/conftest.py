@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: MLflow's process-wide stores, which it exports to subprocesses once they are set.
+MLFLOW_STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -32,6 +35,20 @@ def tiny_config(results: Path, **overrides) -> dict:
     for key, value in overrides.items():
         config[key] = value
     return copy.deepcopy(config)
+
+
+@pytest.fixture(autouse=True)
+def no_process_wide_mlflow_store():
+    """Each test ends with MLflow's process-wide stores unset: Tracker and the model loader
+    set them (tracking.use_store), and a later test's client, or its subprocesses, took them."""
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    for variable in MLFLOW_STORE_VARIABLES:
+        os.environ.pop(variable, None)
 
 
 @pytest.fixture

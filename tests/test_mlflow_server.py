@@ -44,7 +44,7 @@ def test_tiny_study_against_a_tracking_server(tmp_path, mlflow_server):
     run_snakemake(workdir)
 
     assert not (workdir / "results" / "mlflow.db").exists()  # nothing went to the local store
-    client = MlflowClient(tracking_uri=mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment = client.get_experiment_by_name("served")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]

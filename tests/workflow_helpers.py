@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import MLFLOW_STORE_VARIABLES, ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -21,7 +21,8 @@ def env() -> dict:
     """The test interpreter's environment, with its venv's tools first on PATH."""
     out = dict(os.environ)
     out["PATH"] = f"{BIN}{os.pathsep}{out.get('PATH', '')}"
-    out.pop("MLFLOW_TRACKING_URI", None)
+    for store in MLFLOW_STORE_VARIABLES:  # a study names its own store
+        out.pop(store, None)
     return out
 
 

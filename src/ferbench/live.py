@@ -112,7 +112,6 @@ def fetch_mlflow_model(uri: str, tracking_uri: str | None, device: torch.device)
     refuses pickled code), gives the weights, and its metadata the record."""
     import tempfile
 
-    import mlflow
     import mlflow.artifacts
     import mlflow.pytorch
     from mlflow.models import Model
@@ -125,10 +124,7 @@ def fetch_mlflow_model(uri: str, tracking_uri: str | None, device: torch.device)
     database = Path(store.removeprefix("sqlite:///"))
     if store.startswith("sqlite:///") and not database.is_file():  # MLflow would create one
         raise FileNotFoundError(f"no MLflow store {database} (set --tracking-uri)")
-    # A registered version resolves to its logged model through the process-wide store,
-    # whatever the call is given: in a fresh process that would be ./mlflow.db.
-    mlflow.set_tracking_uri(store)
-    mlflow.set_registry_uri(store)
+    tracking.use_store(store)  # a registered version resolves through the process's store
     with tempfile.TemporaryDirectory() as folder:
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder,

@@ -59,6 +59,23 @@ def resolve_uri(configured: str, results: str | Path) -> str:
     return "sqlite:///" + str((Path(results) / "mlflow.db").resolve())
 
 
+def use_store(uri: str):
+    """An MlflowClient of store `uri`, which also becomes this process's tracking and
+    registry store (MLflow exports both to subprocesses as MLFLOW_*_URI).
+
+    mlflow.pytorch.log_model and the registry's create_model_version (which looks the logged
+    model up) use the process-wide stores, whatever a client is given: without this,
+    registering in a fresh process looked in ./mlflow.db, and a client given only a
+    tracking URI took a registry another call had set.
+    """
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def retry(fn, *args, attempts: int = 12, **kwargs):
     """Call fn, retrying with jittered backoff while SQLite reports a lock."""
     for attempt in range(attempts):
@@ -76,18 +93,11 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, results: str | Path):
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        import mlflow
-        from mlflow.tracking import MlflowClient
-
         if uri.startswith("sqlite:"):  # seconds of imports on a busy node: not under the lock,
             import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  or fold jobs queue
         self.uri = uri
-        # mlflow.pytorch.log_model and the registry's create_model_version (which looks the
-        # logged model up) use the process-wide tracking URI, whatever the client's: without
-        # this, registering in a fresh process looked in ./mlflow.db and failed.
-        mlflow.set_tracking_uri(uri)
         with _store_lock(uri):
-            self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            self.client = use_store(uri)
             self.experiment_id = retry(self._experiment, experiment, Path(results))
             self.mark_experiment()
 
