@@ -20,7 +20,7 @@ faces, which a machine shared with other jobs inflates far less than wall time, 
 RSS in MB.
 
     python benchmarks/data_scale.py [--faces 36000] [--datasets precropped frames]
-        [--threads 2] [--workdir DIR] [--json cells.jsonl]
+        [--threads 2] [--detect-scale 1] [--workdir DIR] [--json cells.jsonl]
 
 `--faces 2000` checks it in about a minute.
 """
@@ -127,9 +127,12 @@ def stage_paths(work: Path, name: str) -> dict:
             "folds": out / "folds.csv", "augment": (out / "augment.npy", out / "augment.csv")}
 
 
-def run_stage(stage: str, name: str, work: Path, threads: int) -> dict:
+def run_stage(stage: str, name: str, work: Path, threads: int, detect_scale: float) -> dict:
     """One stage, in this (child) process; what it did, its seconds and peak RSS."""
-    config = config_mod.validate(CONFIG)
+    frames = CONFIG["datasets"]["frames"]
+    config = config_mod.validate({**CONFIG, "datasets": {
+        **CONFIG["datasets"],
+        "frames": {**frames, "faces": {**frames["faces"], "detect_scale": detect_scale}}}})
     dataset = {**config["datasets"][name], "path": str(work / name)}
     paths = stage_paths(work, name)
     cpu_before = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
@@ -163,16 +166,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="the faces stage's workers")
     parser.add_argument("--workdir", type=Path, help="keep the data here (default: a temporary "
                                                      "folder, removed at the end)")
+    parser.add_argument("--detect-scale", type=float, default=1.0,
+                        help="the frames' faces.detect_scale (default 1: Haar on the full frame)")
     parser.add_argument("--json", type=Path, metavar="FILE",
                         help="append every cell to FILE as a JSON object")
     parser.add_argument("--stage", nargs=2, metavar=("STAGE", "DATASET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:  # the child process of one stage
-        print(json.dumps(run_stage(*args.stage, args.workdir, args.threads)))
+        print(json.dumps(run_stage(*args.stage, args.workdir, args.threads, args.detect_scale)))
         return
     with tempfile.TemporaryDirectory(prefix="ferbench-data-scale-") as tmp:
         work = args.workdir or Path(tmp)
-        print(f"{args.faces} faces per dataset, faces stage on {args.threads} worker(s), in {work}")
+        print(f"{args.faces} faces per dataset, faces stage on {args.threads} worker(s), "
+              f"frames searched at scale {args.detect_scale}, in {work}")
         print(f"{'dataset':<11} {'stage':<8} {'seconds':>8} {'s/1k faces':>10} {'images/s':>9} "
               f"{'cpu s/1k':>12} {'peak MB':>8}  result")
         for name in args.datasets:
@@ -183,7 +189,8 @@ def main() -> None:
             for stage in STAGES:
                 child = subprocess.run(
                     [sys.executable, __file__, "--stage", stage, name, "--workdir", str(work),
-                     "--threads", str(args.threads)], capture_output=True, text=True)
+                     "--threads", str(args.threads), "--detect-scale", str(args.detect_scale)],
+                    capture_output=True, text=True)
                 if child.returncode:
                     sys.exit(f"{name} {stage} failed:\n{child.stderr[-2000:]}")
                 cell = json.loads(child.stdout.splitlines()[-1])
@@ -197,7 +204,8 @@ def main() -> None:
                 if args.json:
                     with args.json.open("a") as out:
                         out.write(json.dumps({**cell, "faces": args.faces,
-                                              "threads": args.threads}) + "\n")
+                                              "threads": args.threads,
+                                              "detect_scale": args.detect_scale}) + "\n")
 
 
 if __name__ == "__main__":

@@ -213,3 +213,16 @@ def test_a_study_file_is_the_whole_study(tmp_path):
     config = config_mod.validate(raw)
     assert config["models"] == {} and config["augment"]["copies"] == 3
     assert list(config["datasets"]) == ["synthetic"]
+
+
+def test_a_shrunk_search_is_haar_only(tmp_path):
+    raw = tiny_config(tmp_path)
+    raw["datasets"]["synthetic"]["faces"] = {"detector": "haar", "detect_scale": 0.5}
+    assert config_mod.validate(raw)["datasets"]["synthetic"]["faces"]["detect_scale"] == 0.5
+    raw["datasets"]["synthetic"]["faces"]["detector"] = "mediapipe"
+    with pytest.raises(config_mod.ConfigError,
+                       match="'datasets.synthetic.faces.detect_scale': Haar only"):
+        config_mod.validate(raw)
+    raw["datasets"]["synthetic"]["faces"] = {"detect_scale": 0}
+    with pytest.raises(config_mod.ConfigError, match="'datasets.synthetic.faces.detect_scale'"):
+        config_mod.validate(raw)

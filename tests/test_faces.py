@@ -117,3 +117,29 @@ def test_the_angle_is_positive_when_the_right_eye_sits_lower():
     """Positive angles turn counter-clockwise in OpenCV, which levels such an eye line."""
     assert faces.eye_line_angle(((0, 0), (10, 0))) == 0.0
     assert faces.eye_line_angle(((0, 0), (10, 10))) == pytest.approx(45.0)
+
+
+def test_a_shrunk_search_finds_the_face_and_crops_the_full_image(tmp_path):
+    """detect_scale 0.5: Haar searches a 160x120 copy, the box comes back in frame pixels
+    near the full search's, and the crop is cut from the full-resolution frame."""
+    manifest = rotated_face(tmp_path, roll=0).assign(landmarks="")
+    full = faces.extract_faces(manifest, tmp_path, OPTIONS, progress=False)
+    half_options = replace(OPTIONS, detect_scale=0.5)
+    half = faces.extract_faces(manifest, tmp_path, half_options, progress=False)
+    boxes = [faces.parse_box(table["bbox"].iloc[0]) for table in (full[1], half[1])]
+    assert list(half[1]["outcome"]) == ["detected"] and faces.iou(*boxes) > 0.7
+    image = cv2.imread(str(tmp_path / "face.png"))
+    angle = half[1]["align_angle"].iloc[0]
+    assert np.array_equal(half[0][0], faces.crop_face(image, boxes[1], half_options, angle))
+
+
+def test_a_scaled_detector_maps_boxes_and_eyes_back():
+    class Fixed:  # finds one face at a fixed place of whatever image it is given
+        def detect(self, image):
+            assert image.shape[:2] == (60, 80)
+            return [faces.Detection((10, 12, 20, 20), 0.9, ((14.0, 18.0), (24.0, 18.0)))]
+
+    (found,) = faces.ScaledDetector(Fixed(), 0.25).detect(np.zeros((240, 320, 3), np.uint8))
+    assert found == faces.Detection((40, 48, 80, 80), 0.9, ((56.0, 72.0), (96.0, 72.0)))
+    with pytest.raises(ValueError, match=r"must lie in \(0, 1\], not 1.5"):
+        faces.ScaledDetector(Fixed(), 1.5)

@@ -82,9 +82,15 @@ def _add_leak_twins(config: dict) -> None:
 
 
 def _check_references(config: dict) -> None:
-    """Studies must name datasets, protocols and models that exist."""
+    """Studies must name datasets, protocols and models that exist; a face option must
+    apply to the dataset's detector."""
     from ferbench.models import REGISTRY
 
+    for name, dataset in config["datasets"].items():
+        faces = dataset.get("faces", {})
+        if faces.get("detect_scale", 1) != 1 and faces.get("detector") != "haar":
+            raise ConfigError(f"config key 'datasets.{name}.faces.detect_scale': Haar only "
+                              f"(the dataset's detector is {faces.get('detector')})")
     for name, protocol in config["protocols"].items():
         test_dataset = protocol.get("test_dataset")
         if test_dataset is not None and test_dataset not in config["datasets"]:

@@ -60,6 +60,7 @@ class FaceOptions:
     min_face: int = 40
     align: bool = True
     landmark_model: str = "mediapipe"
+    detect_scale: float = 1.0  # Haar searches the image shrunk by this factor
 
     @classmethod
     def from_config(cls, block: dict) -> "FaceOptions":
@@ -294,10 +295,43 @@ def parse_box(text: str):
     return tuple(int(float(v)) for v in text.split()) if text else None
 
 
+class ScaledDetector:
+    """A detector that searches the image shrunk by `scale` (area interpolation): fewer pixels
+    to search, boxes and eyes mapped back to the image's pixels, so every crop is still cut
+    from the full-resolution image. Anything else is the wrapped detector's (e.g. RoiSearch's
+    `full_searches`)."""
+
+    def __init__(self, detector, scale: float):
+        if not 0.0 < scale <= 1.0:
+            raise ValueError(f"the detection scale must lie in (0, 1], not {scale}")
+        self.detector, self.scale = detector, scale
+
+    def __getattr__(self, name: str):
+        return getattr(self.detector, name)
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        scale = self.scale
+        if scale == 1.0:
+            return self.detector.detect(image)
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        return [Detection(tuple(int(round(v / scale)) for v in found.box), found.score,
+                          None if found.eyes is None else
+                          tuple((x / scale, y / scale) for x, y in found.eyes))
+                for found in self.detector.detect(small)]
+
+
+def scaled_min_face(options: FaceOptions) -> int:
+    """The smallest face side to search for on the image shrunk by `detect_scale`."""
+    return max(1, round(options.min_face * options.detect_scale))
+
+
 def make_detector(options: FaceOptions):
-    """A context manager that yields the configured detector (None for `none`)."""
+    """A context manager that yields the configured detector (None for `none`); Haar
+    searches the image shrunk by `detect_scale` where it is below 1."""
     if options.detector == "haar":
-        return contextlib.nullcontext(HaarDetector(options.min_face))
+        haar = HaarDetector(scaled_min_face(options))
+        return contextlib.nullcontext(haar if options.detect_scale == 1.0
+                                      else ScaledDetector(haar, options.detect_scale))
     if options.detector == "mediapipe":
         from ferbench import mediapipe_client
 

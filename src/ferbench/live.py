@@ -216,8 +216,11 @@ class Recognizer:
     (`faces.RoiSearch`); M = 1 searches the whole of every frame.
     """
 
-    def __init__(self, live_model: LiveModel, device: torch.device, detect_scale: float = 1.0,
-                 detect_every: int = 1, full_search_every: int = 1):
+    def __init__(self, live_model: LiveModel, device: torch.device,
+                 detect_scale: float | None = None, detect_every: int = 1,
+                 full_search_every: int = 1):
+        if detect_scale is None:  # as the face stage searched the model's training images
+            detect_scale = live_model.face_options.detect_scale
         if not 0.0 < detect_scale <= 1.0:
             raise ValueError(f"--detect-scale must lie in (0, 1], not {detect_scale}")
         if detect_every < 1:
@@ -232,16 +235,18 @@ class Recognizer:
         self._frames_seen = 0
         self._found: list[faces.Detection] = []
         options = live_model.face_options
-        # Models trained on pre-cropped faces (detector `none`) still need faces found in a frame.
-        self.detector_options = replace(
-            options, detector="haar" if options.detector == "none" else options.detector,
-            min_face=max(1, round(options.min_face * detect_scale)))
+        # Models trained on pre-cropped faces (detector `none`) still need faces found in a
+        # frame.
+        wanted = replace(options, detect_scale=detect_scale,
+                         detector="haar" if options.detector == "none" else options.detector)
         self.eye_finder = faces.make_eye_finder(options)
-        self._detector_context = faces.make_detector(self.detector_options)
-        self.detector = self._detector_context.__enter__()
+        self._detector_context = faces.make_detector(
+            replace(wanted, detect_scale=1.0, min_face=faces.scaled_min_face(wanted)))
+        detector = self._detector_context.__enter__()
         self.full_search_every = full_search_every
-        if full_search_every != 1:
-            self.detector = faces.RoiSearch(self.detector, full_search_every)
+        if full_search_every != 1:  # around the faces of the previous (scaled) frame
+            detector = faces.RoiSearch(detector, full_search_every)
+        self.detector = faces.ScaledDetector(detector, detect_scale)
         self._warm_up()
 
     def __enter__(self) -> "Recognizer":
@@ -256,17 +261,6 @@ class Recognizer:
         side = self.model.face_options.size
         self._classify(np.zeros((1, side, side), np.uint8))
 
-    def detect(self, frame: np.ndarray) -> list[faces.Detection]:
-        """All faces, found on the frame scaled by `detect_scale`, in frame pixels."""
-        scale = self.detect_scale
-        if scale == 1.0:
-            return self.detector.detect(frame)
-        small = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        return [faces.Detection(tuple(int(round(v / scale)) for v in found.box), found.score,
-                                None if found.eyes is None else
-                                tuple((x / scale, y / scale) for x, y in found.eyes))
-                for found in self.detector.detect(small)]
-
     def _classify(self, crops: np.ndarray) -> np.ndarray:
         split = train_mod.Split.from_arrays(crops, np.zeros(len(crops), int),
                                             self.model.input_size)
@@ -276,7 +270,7 @@ class Recognizer:
     def __call__(self, frame: np.ndarray) -> FrameResult:
         start = time.perf_counter()
         if self._frames_seen % self.detect_every == 0:
-            self._found = self.detect(frame)
+            self._found = self.detector.detect(frame)
         self._frames_seen += 1
         found = self._found
         detected = time.perf_counter()
