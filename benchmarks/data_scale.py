@@ -28,6 +28,7 @@ RSS in MB.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import subprocess
@@ -129,10 +130,9 @@ def stage_paths(work: Path, name: str) -> dict:
 
 def run_stage(stage: str, name: str, work: Path, threads: int, detect_scale: float) -> dict:
     """One stage, in this (child) process; what it did, its seconds and peak RSS."""
-    frames = CONFIG["datasets"]["frames"]
-    config = config_mod.validate({**CONFIG, "datasets": {
-        **CONFIG["datasets"],
-        "frames": {**frames, "faces": {**frames["faces"], "detect_scale": detect_scale}}}})
+    config = copy.deepcopy(CONFIG)
+    config["datasets"]["frames"]["faces"]["detect_scale"] = detect_scale
+    config = config_mod.validate(config)
     dataset = {**config["datasets"][name], "path": str(work / name)}
     paths = stage_paths(work, name)
     cpu_before = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])

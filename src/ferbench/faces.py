@@ -311,8 +311,6 @@ class ScaledDetector:
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         scale = self.scale
-        if scale == 1.0:
-            return self.detector.detect(image)
         small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         return [Detection(tuple(int(round(v / scale)) for v in found.box), found.score,
                           None if found.eyes is None else
@@ -320,23 +318,29 @@ class ScaledDetector:
                 for found in self.detector.detect(small)]
 
 
-def scaled_min_face(options: FaceOptions) -> int:
-    """The smallest face side to search for on the image shrunk by `detect_scale`."""
-    return max(1, round(options.min_face * options.detect_scale))
-
-
-def make_detector(options: FaceOptions):
-    """A context manager that yields the configured detector (None for `none`); Haar
-    searches the image shrunk by `detect_scale` where it is below 1."""
+def make_detector(options: FaceOptions, full_search_every: int = 1):
+    """A context manager that yields the configured detector (None for `none`): searching
+    the image shrunk by `detect_scale` where it is below 1, and with `full_search_every`
+    M > 1 (Haar only) around the previous image's faces, the whole image every M-th
+    (RoiSearch, on the shrunk image)."""
+    min_face = max(1, round(options.min_face * options.detect_scale))
     if options.detector == "haar":
-        haar = HaarDetector(scaled_min_face(options))
-        return contextlib.nullcontext(haar if options.detect_scale == 1.0
-                                      else ScaledDetector(haar, options.detect_scale))
-    if options.detector == "mediapipe":
+        context = contextlib.nullcontext(HaarDetector(min_face))
+    elif options.detector == "mediapipe":
         from ferbench import mediapipe_client
 
-        return mediapipe_client.MediapipeWorker(options.min_face)
-    return contextlib.nullcontext(None)
+        context = mediapipe_client.MediapipeWorker(min_face)
+    else:
+        return contextlib.nullcontext(None)
+    return _search(context, options.detect_scale, full_search_every)
+
+
+@contextlib.contextmanager
+def _search(context, scale: float, full_search_every: int):
+    with context as detector:
+        if full_search_every != 1:
+            detector = RoiSearch(detector, full_search_every)
+        yield detector if scale == 1.0 else ScaledDetector(detector, scale)
 
 
 def worker_detections(found: list[dict], min_face: int) -> list[Detection]:

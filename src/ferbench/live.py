@@ -237,16 +237,13 @@ class Recognizer:
         options = live_model.face_options
         # Models trained on pre-cropped faces (detector `none`) still need faces found in a
         # frame.
-        wanted = replace(options, detect_scale=detect_scale,
-                         detector="haar" if options.detector == "none" else options.detector)
         self.eye_finder = faces.make_eye_finder(options)
         self._detector_context = faces.make_detector(
-            replace(wanted, detect_scale=1.0, min_face=faces.scaled_min_face(wanted)))
-        detector = self._detector_context.__enter__()
+            replace(options, detect_scale=detect_scale,
+                    detector="haar" if options.detector == "none" else options.detector),
+            full_search_every)
+        self.detector = self._detector_context.__enter__()
         self.full_search_every = full_search_every
-        if full_search_every != 1:  # around the faces of the previous (scaled) frame
-            detector = faces.RoiSearch(detector, full_search_every)
-        self.detector = faces.ScaledDetector(detector, detect_scale)
         self._warm_up()
 
     def __enter__(self) -> "Recognizer":

@@ -18,6 +18,7 @@ and a study's best fold is a version of a registered model.
 from __future__ import annotations
 
 import contextlib
+import functools
 import getpass
 import math
 import os
@@ -305,8 +306,10 @@ def _store_lock(uri: str):
     return FileLock(str(database) + ".lock", timeout=600)
 
 
+@functools.lru_cache(maxsize=None)
 def _git(*args: str) -> str:
-    """A git command's output in ferbench's own checkout ('' outside one, or on failure)."""
+    """A git command's output in ferbench's own checkout ('' outside one, or on failure);
+    asked once per process, not for every run a job opens."""
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10,
                              cwd=Path(__file__).parent)
