@@ -63,6 +63,8 @@ def test_tiny_study_against_a_tracking_server(tmp_path, mlflow_server):
         (dataset,) = [d.dataset for d in child.inputs.dataset_inputs]
         assert (dataset.name, dataset.digest) == ("synthetic",
                                                   jobs.file_sha256(manifest)[:16])
+    # The parent row, the one the runs table shows with its folds collapsed, names it too.
+    assert [d.dataset.digest for d in parents[0].inputs.dataset_inputs] == [dataset.digest]
     assert_registered_best_fold(client, mlflow_server, results, children)
 
 

@@ -489,6 +489,7 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
                                      "macro_f1_mean": f1_mean, "macro_f1_std": f1_std})
     for m in folds:
         tracker.set_tag(m["run_id"], tracking.PARENT_TAG, parent)
+    tracker.log_datasets_of(folds[0]["run_id"], parent)
     summary["mlflow_run_id"] = parent
     summary["registered_model"] = (register_best_fold(tracker, study, folds, acc_mean)
                                    if config["mlflow"]["log_models"] else None)

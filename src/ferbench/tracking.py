@@ -207,6 +207,13 @@ class Tracker:
               datasets=[DatasetInput(dataset._to_mlflow_entity(),
                                      [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
+    def log_datasets_of(self, source_run: str, run_id: str) -> None:
+        """`source_run`'s dataset inputs as `run_id`'s too: a parent run shows its folds'
+        manifest in the runs table's Dataset column, where the collapsed folds hide it."""
+        inputs = retry(self.client.get_run, source_run).inputs.dataset_inputs
+        if inputs:
+            retry(self.client.log_inputs, run_id, datasets=list(inputs))
+
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, interval_s: float):
         """MLflow's CPU, memory, disk, network (and GPU) metrics of this process's machine
