@@ -139,7 +139,8 @@ class MiniXception(FERModel):
         return self.classifier(self.features(x)).mean(dim=(2, 3))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets)  # Keras' categorical cross-entropy
+        # Keras' categorical cross-entropy, shaped like every model's by the study's recipe.
+        return self.classification_loss(logits, targets)
 
     def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The last module's pooled features: finite even where a class's logit is -inf."""
