@@ -21,9 +21,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 
-def build(name: str, input_size: int, num_classes: int = 7):
+def build(name: str, input_size: int, num_classes: int = 7, **overrides):
     spec = get(name)
-    return spec.build(num_classes, spec.hyperparameters({"width": TINY, "input_size": input_size}))
+    return spec.build(num_classes, spec.hyperparameters({"width": TINY, "input_size": input_size,
+                                                         **overrides}))
 
 
 def batch(channels: int, size: int, n: int = 3) -> torch.Tensor:
@@ -68,6 +69,18 @@ def test_decapsnet_uses_the_vgg19_layout():
     convs = [sum(isinstance(m, torch.nn.Conv2d) for m in stage)
              for stage in build("decapsnet", 64).enhance.trunk.stages]
     assert convs == [2, 2, 4, 4, 4]
+
+
+@pytest.mark.parametrize("name, channels, size", [v for v in VARIANTS if v[0] != "capsnet"])
+def test_vgg_trunk_models_take_batch_norm_from_their_recipe(name, channels, size):
+    def norms(model):
+        return sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.enhance.trunk.modules())
+
+    convs = 16 if name == "decapsnet" else 13
+    assert norms(build(name, size)) == 0  # the paper's plain VGG
+    model = build(name, size, batch_norm=True)
+    assert norms(model) == convs
+    assert model(batch(channels, size)).shape == (3, 7)
 
 
 def test_squash_keeps_direction_and_maps_norms_below_one():

@@ -63,10 +63,15 @@ _TRAINING = {
     "patience": 20,     # ours: the papers give no early stopping
     "width": 1.0,
 }
-CAPSULE_DEFAULTS = {**_TRAINING, "input_size": 224, "routing_iterations": 3,
-                    "reconstruction_size": 28, "reconstruction_weight": 0.0005}
-CLASSIFIER_DEFAULTS = {**_TRAINING, "input_size": 224, "dropout": 0.5}
-SABOUR_DEFAULTS = {**CAPSULE_DEFAULTS, "input_size": 28}
+#: The VGG-trunk models' own: the paper's plain VGG16, or (ours, `batch_norm: true`) a
+#: batch norm after every conv (Ioffe & Szegedy 2015, torchvision's vgg16_bn), which a
+#: trunk trained from scratch on a few hundred faces needs: plain, it underfits JAFFE.
+_VGG_TRUNK = {**_TRAINING, "input_size": 224, "batch_norm": False}
+_CAPSULES = {"routing_iterations": 3, "reconstruction_size": 28,
+             "reconstruction_weight": 0.0005}
+CAPSULE_DEFAULTS = {**_VGG_TRUNK, **_CAPSULES}
+CLASSIFIER_DEFAULTS = {**_VGG_TRUNK, "dropout": 0.5}
+SABOUR_DEFAULTS = {**_TRAINING, **_CAPSULES, "input_size": 28}
 
 
 def squash(s: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
@@ -223,9 +228,9 @@ class VGGClassifier(Classifier):
 class AttentiveVGG(nn.Module):
     """VGG stages; with `attention`, the AU map enhances stages 3 and 4 (enhancement module 1)."""
 
-    def __init__(self, layout: str, width: float, attention: bool):
+    def __init__(self, layout: str, width: float, attention: bool, batch_norm: bool = False):
         super().__init__()
-        self.trunk = VGGTrunk(layout, in_channels=1, width=width)
+        self.trunk = VGGTrunk(layout, in_channels=1, width=width, batch_norm=batch_norm)
         self.out_channels = self.trunk.out_channels
         channels = (1, *self.trunk.stage_channels)
         self.projections = nn.ModuleDict({
@@ -292,9 +297,11 @@ class VGGExpressionNet(FeaturesAndHead):
 
     def __init__(self, num_classes: int, width: float = 1.0, input_size: int = 224,
                  routing_iterations: int = 3, reconstruction_size: int = 28,
-                 reconstruction_weight: float = 0.0005, dropout: float = 0.5):
+                 reconstruction_weight: float = 0.0005, dropout: float = 0.5,
+                 batch_norm: bool = False):
         super().__init__()
-        self.enhance = AttentiveVGG(self.layout, width, attention=bool(self.extra_channels))
+        self.enhance = AttentiveVGG(self.layout, width, attention=bool(self.extra_channels),
+                                    batch_norm=batch_norm)
         side, channels = input_size // 32, self.enhance.out_channels
         if self.capsules:
             self.head = CapsuleHead(num_classes, channels, side, kernel_size=2, stride=1,
