@@ -2,6 +2,10 @@
 
 `workflow/scripts/*.py` only unpack the `snakemake` object and call these, so every stage
 can also be run and tested from Python without Snakemake.
+
+Each job runs in a fresh process, so torch (and the models) are imported only by the jobs
+that build a network: importing torch costs a data job (ingest, faces, folds, augment,
+audit, summarize, report) about 1.5 s of its 2.
 """
 
 from __future__ import annotations
@@ -9,16 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ferbench import augment as augment_mod
-from ferbench import evaluate, faces, inputs, models, splits, tracking
-from ferbench import train as train_mod
+from ferbench import evaluate, faces, splits, tracking
 from ferbench.data import manifest as manifest_mod
 from ferbench.data.manifest import CANONICAL_LABELS
+
+if TYPE_CHECKING:
+    import torch
+
+    from ferbench import models
+    from ferbench import train as train_mod
 
 
 def file_sha256(path) -> str:
@@ -151,6 +160,7 @@ def dcgan_fold(faces_array, folds_path, fold: int, options: dict, seed: int, out
     The thread count is fixed because CPU float reductions, and so the bytes, depend on it;
     `device` is the config's (auto: CUDA when present)."""
     from ferbench import gan_augment
+    from ferbench import train as train_mod
 
     train_mod.make_deterministic(seed, threads)
     array, table = gan_augment.generate_fold(np.load(faces_array), read_folds(folds_path), fold,
@@ -179,6 +189,10 @@ def role_split(paths: dict, folds: pd.DataFrame, fold: int, role: str, labels, m
                input_size: int) -> tuple[train_mod.Split, pd.DataFrame]:
     """The val or test faces of a fold (`paths["faces"]`) as `model` takes them: with its
     extra channels (AU maps from `paths["landmarks"]`), at its input size."""
+    from ferbench import inputs
+    from ferbench import models
+    from ferbench import train as train_mod
+
     part = folds[(folds["fold"] == fold) & (folds["role"] == role)]
     uids = part["uid"].to_numpy()
     images = inputs.stack_channels(np.load(paths["faces"])[uids],
@@ -192,6 +206,10 @@ def training_split(paths: dict, labels, model: str, input_size: int) -> train_mo
     """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
     with the model's extra channels moved exactly as each augmented face was, each face's
     gender (when `paths` names the face table) and sequence (from the split table)."""
+    from ferbench import inputs
+    from ferbench import models
+    from ferbench import train as train_mod
+
     tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
               for key in ("augment_table", "dcgan_table") if paths.get(key)]
     arrays = [np.load(paths[key]) for key in ("augment_array", "dcgan_array") if paths.get(key)]
@@ -221,6 +239,11 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     effective recipe (`ferbench.config.recipe`), which alone decides how the model is built
     and trained; `config` gives the run's settings (seed, device, tracking).
     """
+    import torch
+
+    from ferbench import models
+    from ferbench import train as train_mod
+
     seed = config["seed"]
     train_mod.make_deterministic(seed, threads)
     device = train_mod.select_device(config["device"])
@@ -296,6 +319,8 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
     report). `init` is the model.pt a DAG edge starts it from (DAM-CNN's first step, a
     pretraining stage), described by its own record, so the chain back to the first
     weights is told."""
+    from ferbench import train as train_mod
+
     if init:
         saved = train_mod.load_tensors(init)
         where = saved.get("trained_on")
@@ -326,6 +351,10 @@ def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict
     The face options travel with the weights, so `ferbench live` preprocesses exactly as
     the training faces were. `start` (describe_start) and `trained_on` (dataset, protocol,
     fold) say where the weights come from."""
+    import torch
+
+    from ferbench import models
+
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "labels": list(labels), "hyperparameters": hyperparameters,
                 "input_size": models.get(model).input_size(hyperparameters),
@@ -337,6 +366,8 @@ def save_model(path, model: str, labels, hyperparameters: dict, state_dict: dict
 def load_model(path, device: torch.device | None = None):
     """A trained model and its labels from a `model.pt` written by train_fold (tensors and
     plain values only: train.UnsafeFileError for anything else)."""
+    from ferbench import train as train_mod
+
     saved = train_mod.load_tensors(path)
     return build_model(saved, saved["state_dict"], device), saved
 
@@ -344,6 +375,10 @@ def load_model(path, device: torch.device | None = None):
 def build_model(record: dict, state_dict: dict, device: torch.device | None = None):
     """The network a model.pt record (model, labels, hyperparameters) describes, with
     `state_dict`'s weights, in eval mode."""
+    import torch
+
+    from ferbench import models
+
     # The state dict holds every weight: what the model started from is not read again.
     model = models.get(record["model"]).build(len(record["labels"]), record["hyperparameters"])
     model.load_state_dict(state_dict)
@@ -354,6 +389,10 @@ def build_model(record: dict, state_dict: dict, device: torch.device | None = No
 
 def trained_and_tested(paths: dict, fold: int, config: dict, threads: int):
     """(model, its model.pt record, test split, test rows, device) of one trained fold."""
+    import torch
+
+    from ferbench import train as train_mod
+
     torch.set_num_threads(max(1, threads))
     device = train_mod.select_device(config["device"])
     model, saved = load_model(paths["model"], device)
@@ -364,6 +403,8 @@ def trained_and_tested(paths: dict, fold: int, config: dict, threads: int):
 
 def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
     """Test-set metrics of one fold; closes the fold's MLflow run with metrics and artifacts."""
+    from ferbench import train as train_mod
+
     model, saved, test_split, test_rows, device = trained_and_tested(paths, fold, config,
                                                                      threads)
     probs = train_mod.predict(model, test_split, device, autocast=train_mod.autocast_dtype(
@@ -403,6 +444,8 @@ def log_mlflow_model(tracker: tracking.Tracker, run_id: str, path) -> str | None
     """A fold's model.pt as the run's MLflow model (Tracker.log_model), exported on the CPU
     with an input example of two face tensors (two: the batch size stays free), or None for
     a closed-form model, whose numpy features torch.export cannot trace."""
+    from ferbench import models
+
     network, saved = load_model(path)
     spec = models.get(saved["model"])
     if spec.closed_form:
