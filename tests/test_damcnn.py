@@ -94,14 +94,23 @@ def test_step2_loads_step1_and_needs_it(step1_checkpoint):
         build("damcnn").prepare(*map(tiny_split().__getattribute__, ("images", "targets")))
 
 
-def test_step2_freezes_trunk_and_serd(step1_checkpoint):
-    path, _ = step1_checkpoint
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_step2_freezes_trunk_and_serd(tmp_path, batch_norm):
     torch.manual_seed(0)
-    model = build("damcnn", init_from=path)
+    step1 = build(batch_norm=batch_norm)
+    hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE,
+                                          "batch_norm": batch_norm})
+    path = str(save_model(tmp_path / "model.pt", "vgg_serd", ["a", "b", "c"], hp,
+                          step1.state_dict(), {}))
+    model = build("damcnn", init_from=path, batch_norm=batch_norm).train()
     split = tiny_split()
     model.prepare(split.images, split.targets)
     frozen = [*model.trunk.parameters(), *model.serd.parameters()]
     assert not any(p.requires_grad for p in frozen)
+    # A batch-norm trunk's running statistics stay step 1's while MPVS-Net trains.
+    assert not model.trunk.training and model.mpvs.training
+    statistics = {name: b.clone() for name, b in model.trunk.named_buffers()}
+    assert bool(statistics) == batch_norm
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     optimizer = train.make_optimizer(model, get("damcnn").hyperparameters({"lr": 0.1}))
     loss, _ = model.objective(train.as_input(split.images[:8], torch.device("cpu")),
@@ -111,6 +120,7 @@ def test_step2_freezes_trunk_and_serd(step1_checkpoint):
     moved = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
     assert not {name for name in moved if not name.startswith("mpvs.")}
     assert {"mpvs.classifier.weight", "mpvs.decoders.0.bias", "mpvs.encoder.bias"} <= moved
+    assert all(torch.equal(b, statistics[name]) for name, b in model.trunk.named_buffers())
 
 
 def test_step2_gradients_follow_eq10_and_eq11(step1_checkpoint):

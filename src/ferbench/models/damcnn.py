@@ -74,6 +74,9 @@ VGG_SERD_DEFAULTS = {
     "gamma2": 1e-4,
     "width": 1.0,
     "input_size": 224,
+    # Ours, as for the other VGG-trunk models (capsnet.py): a batch norm after every conv,
+    # for a trunk trained from scratch at CPU sizes where no VGG-Face weights fit.
+    "batch_norm": False,
 }
 #: Step 2, MPVS-Net (Eq. 11): alpha_M = alpha_fc = 1e-4, N = 5 decoders, lambda = 20.
 #: `width` and `input_size` must match the step-1 model it starts from.
@@ -195,7 +198,7 @@ class DAMCNN(FERModel):
     def __init__(self, num_classes: int, step: int = 1, decoders: int = 5,
                  lambda_ce: float = 20.0, gamma1: float = 1e-3, gamma2: float = 1e-4,
                  dropout: float = 0.5, width: float = 1.0, input_size: int = 224,
-                 gender_bound: bool = False):
+                 gender_bound: bool = False, batch_norm: bool = False):
         super().__init__()
         if step not in (1, 2):
             raise ValueError(f"damcnn step must be 1 (VGG-SERD) or 2 (MPVS-Net), got {step!r}")
@@ -206,7 +209,7 @@ class DAMCNN(FERModel):
             raise ValueError(f"MPVS-Net needs at least one decoder, got {decoders}")
         self.step, self.num_classes, self.gender_bound = step, num_classes, gender_bound
         self.lambda_ce, self.gamma1, self.gamma2 = lambda_ce, gamma1, gamma2
-        self.trunk = VGGTrunk("vgg16", in_channels=1, width=width)
+        self.trunk = VGGTrunk("vgg16", in_channels=1, width=width, batch_norm=batch_norm)
         self.serd = SERD(self.trunk.out_channels)
         features = self.trunk.out_channels * (input_size // 32) ** 2
         hidden = scaled_channels(4096, width)
@@ -220,9 +223,20 @@ class DAMCNN(FERModel):
             self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
             for frozen in (self.trunk, self.serd):
                 frozen.requires_grad_(False)
+                frozen.eval()  # and `train` keeps them so
         self._loaded_step1 = False
         self._target_features: torch.Tensor | None = None
         self._fixed_targets: torch.Tensor | None = None
+
+    def train(self, mode: bool = True) -> DAMCNN:
+        """Step 2 keeps the frozen trunk and SERD in eval mode whatever `mode`: a batch-norm
+        trunk's running statistics are part of what step 1 learnt, and training batches
+        must not move them (nor make its features differ from the ones `prepare` cached)."""
+        super().train(mode)
+        if self.step == 2:
+            self.trunk.eval()
+            self.serd.eval()
+        return self
 
     def load_start_weights(self, path: str, sha256: str = "") -> None:
         """Step 1: VGG-Face's conv trunk, fc6 and fc7 (fc8 stays new). Step 2: the trunk and
