@@ -189,8 +189,7 @@ def role_split(paths: dict, folds: pd.DataFrame, fold: int, role: str, labels, m
                input_size: int) -> tuple[train_mod.Split, pd.DataFrame]:
     """The val or test faces of a fold (`paths["faces"]`) as `model` takes them: with its
     extra channels (AU maps from `paths["landmarks"]`), at its input size."""
-    from ferbench import inputs
-    from ferbench import models
+    from ferbench import inputs, models
     from ferbench import train as train_mod
 
     part = folds[(folds["fold"] == fold) & (folds["role"] == role)]
@@ -206,8 +205,7 @@ def training_split(paths: dict, labels, model: str, input_size: int) -> train_mo
     """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
     with the model's extra channels moved exactly as each augmented face was, each face's
     gender (when `paths` names the face table) and sequence (from the split table)."""
-    from ferbench import inputs
-    from ferbench import models
+    from ferbench import inputs, models
     from ferbench import train as train_mod
 
     tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
