@@ -37,9 +37,10 @@ def build(name="vgg_serd", **overrides):
     return spec.load_start(spec.build(3, hp), hp)
 
 
-def write_step1(path, model):
+def write_step1(path, model, **overrides):
     """A step-1 `model.pt` as jobs.train_fold writes it."""
-    hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE})
+    hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE,
+                                          **overrides})
     return str(save_model(path, "vgg_serd", ["a", "b", "c"], hp, model.state_dict(), {}))
 
 
@@ -97,11 +98,8 @@ def test_step2_loads_step1_and_needs_it(step1_checkpoint):
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_step2_freezes_trunk_and_serd(tmp_path, batch_norm):
     torch.manual_seed(0)
-    step1 = build(batch_norm=batch_norm)
-    hp = get("vgg_serd").hyperparameters({"width": TINY["width"], "input_size": SIZE,
-                                          "batch_norm": batch_norm})
-    path = str(save_model(tmp_path / "model.pt", "vgg_serd", ["a", "b", "c"], hp,
-                          step1.state_dict(), {}))
+    path = write_step1(tmp_path / "model.pt", build(batch_norm=batch_norm),
+                       batch_norm=batch_norm)
     model = build("damcnn", init_from=path, batch_norm=batch_norm).train()
     split = tiny_split()
     model.prepare(split.images, split.targets)

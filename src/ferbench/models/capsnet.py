@@ -48,7 +48,7 @@ from torch import nn
 
 from ferbench.models.base import Classifier, FERModel
 from ferbench.models.losses import margin_loss, reconstruction_loss
-from ferbench.models.vgg import VGGTrunk, scaled_channels
+from ferbench.models.vgg import TRUNK_DEFAULTS, VGGTrunk, scaled_channels
 
 PRIMARY_CAPSULES, PRIMARY_DIM, CLASS_DIM = 32, 8, 16
 #: Stages (0-based) whose conv output receives the attended branch: VGG stages 3 and 4.
@@ -63,10 +63,7 @@ _TRAINING = {
     "patience": 20,     # ours: the papers give no early stopping
     "width": 1.0,
 }
-#: The VGG-trunk models' own: the paper's plain VGG16, or (ours, `batch_norm: true`) a
-#: batch norm after every conv (Ioffe & Szegedy 2015, torchvision's vgg16_bn), which a
-#: trunk trained from scratch on a few hundred faces needs: plain, it underfits JAFFE.
-_VGG_TRUNK = {**_TRAINING, "input_size": 224, "batch_norm": False}
+_VGG_TRUNK = {**_TRAINING, **TRUNK_DEFAULTS, "input_size": 224}
 _CAPSULES = {"routing_iterations": 3, "reconstruction_size": 28,
              "reconstruction_weight": 0.0005}
 CAPSULE_DEFAULTS = {**_VGG_TRUNK, **_CAPSULES}

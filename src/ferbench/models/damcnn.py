@@ -56,7 +56,7 @@ from torch import nn
 
 from ferbench.models.base import FERModel
 from ferbench.models.losses import mpae_reconstruction, serd_regulariser
-from ferbench.models.vgg import VGGTrunk, load_pretrained, scaled_channels
+from ferbench.models.vgg import TRUNK_DEFAULTS, VGGTrunk, load_pretrained, scaled_channels
 
 #: Step 1, VGG-SERD (Eq. 4): alpha_S = 1e-5.
 VGG_SERD_DEFAULTS = {
@@ -74,9 +74,7 @@ VGG_SERD_DEFAULTS = {
     "gamma2": 1e-4,
     "width": 1.0,
     "input_size": 224,
-    # Ours, as for the other VGG-trunk models (capsnet.py): a batch norm after every conv,
-    # for a trunk trained from scratch at CPU sizes where no VGG-Face weights fit.
-    "batch_norm": False,
+    **TRUNK_DEFAULTS,  # batch norm, ours: for a trunk trained from scratch at CPU sizes
 }
 #: Step 2, MPVS-Net (Eq. 11): alpha_M = alpha_fc = 1e-4, N = 5 decoders, lambda = 20.
 #: `width` and `input_size` must match the step-1 model it starts from.
@@ -223,10 +221,10 @@ class DAMCNN(FERModel):
             self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
             for frozen in (self.trunk, self.serd):
                 frozen.requires_grad_(False)
-                frozen.eval()  # and `train` keeps them so
         self._loaded_step1 = False
         self._target_features: torch.Tensor | None = None
         self._fixed_targets: torch.Tensor | None = None
+        self.train()  # step 2: the frozen parts start in eval mode
 
     def train(self, mode: bool = True) -> DAMCNN:
         """Step 2 keeps the frozen trunk and SERD in eval mode whatever `mode`: a batch-norm

@@ -23,6 +23,11 @@ from ferbench.models.pretrained import layers_by_module, weights_file
 
 #: Conv layers per stage of each layout (VGG paper Table 1, configurations D and E).
 LAYOUTS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+#: Hyperparameters of every model built on the trunk: the papers' plain VGG, or (ours,
+#: `batch_norm: true`) a batch norm after every conv (Ioffe & Szegedy 2015, torchvision's
+#: vgg16_bn), which a trunk trained from scratch on a few hundred faces needs: plain,
+#: vgg16 barely trains on JAFFE.
+TRUNK_DEFAULTS = {"batch_norm": False}
 STAGE_CHANNELS = (64, 128, 256, 512, 512)
 
 
