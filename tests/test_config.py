@@ -205,6 +205,36 @@ def test_one_training_cannot_have_two_recipes(tmp_path):
         config_mod.validate(raw)
 
 
+def _dam_cnn_config(tmp_path, **damcnn) -> dict:
+    raw = tiny_config(tmp_path)
+    raw["models"] = {"vgg_serd": {"width": 0.125, "input_size": 64}}
+    raw["studies"][0].update(models=["vgg_serd", "damcnn"], hyperparameters={
+        "vgg_serd": {"batch_norm": True}, "damcnn": {"decoders": 2, **damcnn}})
+    return raw
+
+
+def test_dam_cnn_step_2_builds_the_trunk_step_1_trained(tmp_path):
+    """Step 2 loads step 1's trunk: it takes that recipe's trunk keys, from whichever layer
+    (global block, study block) set them, and keeps its own other keys."""
+    config = config_mod.validate(_dam_cnn_config(tmp_path))
+    step2 = config_mod.recipe(config, "synthetic", "subject_5fold", "damcnn")
+    assert (step2["width"], step2["input_size"], step2["batch_norm"]) == (0.125, 64, True)
+    assert step2["decoders"] == 2
+    # The same value written out again is allowed.
+    config_mod.validate(_dam_cnn_config(tmp_path, width=0.125))
+
+
+def test_a_step_2_trunk_key_that_disagrees_with_step_1_names_itself(tmp_path):
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"'studies.0.hyperparameters.damcnn.batch_norm': damcnn builds "
+                             r"the trunk vgg_serd trained, whose batch_norm is True"):
+        config_mod.validate(_dam_cnn_config(tmp_path, batch_norm=False))
+    raw = _dam_cnn_config(tmp_path)
+    raw["models"]["damcnn"] = {"input_size": 224}
+    with pytest.raises(config_mod.ConfigError, match=r"'models.damcnn.input_size'"):
+        config_mod.validate(raw)
+
+
 def test_a_study_file_is_the_whole_study(tmp_path):
     """Nothing of the demo reaches a study that leaves keys out: they take the schema's
     defaults (the demo's augment.copies is 2, the schema's 3; the demo trains deepfer)."""

@@ -45,6 +45,18 @@ def test_committed_dvc_yaml_is_generated_from_the_default_config():
     assert (ROOT / "dvc.yaml").read_text() == dvcgen.render(config, "params.yaml")
 
 
+def test_dam_cnn_step_2_stage_reads_step_1_recipe(tmp_path):
+    """Step 2 takes step 1's trunk keys, so a change to `models.vgg_serd` makes its stage
+    stale through params too, not only through step 1's model.pt."""
+    raw = tiny_config(tmp_path)
+    raw["models"] = {"vgg_serd": {"width": 0.125, "input_size": 64}}
+    raw["studies"][0]["models"] = ["vgg_serd", "damcnn"]
+    stages = dvcgen.stages(config_mod.validate(raw), "params.yaml")
+    params = {name: stage["params"][0]["params.yaml"] for name, stage in stages.items()
+              if name.startswith("train_")}
+    assert "models.vgg_serd" in params["train_synthetic_subject_5fold_damcnn"]
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A fresh copy of the project with the tiny study, reproduced once by `dvc repro` and

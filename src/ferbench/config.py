@@ -124,7 +124,10 @@ def _check_references(config: dict) -> None:
             _check_pretrain(config, study, f"studies.{i}.pretrain")
     for name, overrides in config["models"].items():
         _check_hyperparameters(name, overrides, f"models.{name}")
-    study_blocks(config)  # names a study block that is not a model's, or two that disagree
+    blocks = study_blocks(config)  # a study block that is not a model's, or two that disagree
+    for i, study in enumerate(config["studies"]):
+        for model in study["models"]:
+            _check_shared(config, blocks, study, model, f"studies.{i}.hyperparameters.{model}")
 
 
 def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
@@ -142,6 +145,26 @@ def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
         REGISTRY[model].hyperparameters(overrides)
     except KeyError as err:
         raise ConfigError(f"config key '{key}': {err.args[0]}") from None
+
+
+def _check_shared(config: dict, blocks: dict, study: dict, model: str, key: str) -> None:
+    """A model that starts from another's `model.pt` takes that model's trunk keys
+    (ModelSpec.shares); a block that sets one to another value is refused, not overridden."""
+    from ferbench.models import REGISTRY
+
+    spec = REGISTRY[model]
+    if not spec.starts_from:
+        return
+    start = recipe(config, study["dataset"], study["protocol"], spec.starts_from)
+    layers = ((key, blocks.get((study["dataset"], study["protocol"], model), {})),
+              (f"models.{model}", config["models"].get(model, {})))
+    for name in spec.shares:
+        for where, block in layers:
+            if name in block and block[name] != start[name]:
+                raise ConfigError(
+                    f"config key '{where}.{name}': {model} builds the trunk "
+                    f"{spec.starts_from} trained, whose {name} is {start[name]!r} here (leave "
+                    "it unset: it is taken from there)")
 
 
 def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
@@ -168,11 +191,17 @@ def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
 
 def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
     """The effective hyperparameters of one training, resolved in this one place:
-    the model's paper defaults < the config's `models.<name>` < the study's own block."""
+    the model's paper defaults < the config's `models.<name>` < the study's own block; a
+    model that starts from another's weights takes that one's trunk keys (ModelSpec.shares)."""
     from ferbench.models import get
 
+    spec = get(model)
     study_block = study_blocks(config).get((dataset, protocol, model), {})
-    return get(model).hyperparameters({**config["models"].get(model, {}), **study_block})
+    overrides = {**config["models"].get(model, {}), **study_block}
+    if spec.starts_from:
+        start = recipe(config, dataset, protocol, spec.starts_from)
+        overrides.update({name: start[name] for name in spec.shares})
+    return spec.hyperparameters(overrides)
 
 
 def _check_pretrain(config: dict, study: dict, key: str) -> None:

@@ -169,11 +169,15 @@ def stages(config: dict, config_file: str) -> dict:
 
 
 def _recipe_params(config: dict, training: paths.Training) -> list[str]:
-    """The config keys a training's recipe is read from (ferbench.config.recipe)."""
+    """The config keys a training's recipe is read from (ferbench.config.recipe): its own
+    blocks, and those of the model whose trunk it takes."""
     from ferbench.config import study_blocks
+    from ferbench.models import get
 
-    keys = [f"models.{training.model}"] if training.model in config["models"] else []
-    if (training.dataset, training.protocol, training.model) in study_blocks(config):
+    models = [training.model, get(training.model).starts_from]
+    keys = [f"models.{model}" for model in models if model in config["models"]]
+    if any((training.dataset, training.protocol, model) in study_blocks(config)
+           for model in models):
         keys.append("studies")
     return keys
 

@@ -25,7 +25,9 @@ class ModelSpec:
     `fixed` are constructor arguments the config cannot override (which DAM-CNN step a
     registry entry is). `starts_from` names the model whose `model.pt` of the same fold this
     one starts from, a DAG edge the workflow fills into `init_from` (DAM-CNN's step 2 on
-    step 1). A model with an `init_from` hyperparameter and no `starts_from` can instead be
+    step 1); `shares` are the architecture keys it takes from that model's recipe, so it
+    builds what the other trained. A model with an `init_from` hyperparameter and no
+    `starts_from` can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
     `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
     `start_weights` names the hyperparameters (path, sha256) of the weights training starts
@@ -50,6 +52,7 @@ class ModelSpec:
     paper: str = ""
     fixed: dict = field(default_factory=dict)
     starts_from: str = ""
+    shares: tuple[str, ...] = ()
     trains_on_dcgan: bool = False
     start_weights: tuple[str, str] = ()
     weights_from: str = ""
@@ -120,7 +123,8 @@ REGISTRY: dict[str, ModelSpec] = {
                           weights_from="VGG-Face"),
     "damcnn": ModelSpec("damcnn", damcnn.DAMCNN, damcnn.DEFAULTS,
                         "dam-cnn-serd-mpvs.txt (step 2)", fixed={"step": 2},
-                        starts_from="vgg_serd", start_weights=("init_from", "")),
+                        starts_from="vgg_serd", shares=damcnn.TRUNK_KEYS,
+                        start_weights=("init_from", "")),
     "mobilenet_cl": ModelSpec("mobilenet_cl", mobilenet.MobileNetCL, mobilenet.DEFAULTS,
                               "mobilenet-center-loss-realtime-fer.txt",
                               start_weights=("init_from", "init_sha256"), weights_from="ImageNet"),

@@ -77,7 +77,6 @@ VGG_SERD_DEFAULTS = {
     **TRUNK_DEFAULTS,  # batch norm, ours: for a trunk trained from scratch at CPU sizes
 }
 #: Step 2, MPVS-Net (Eq. 11): alpha_M = alpha_fc = 1e-4, N = 5 decoders, lambda = 20.
-#: `width` and `input_size` must match the step-1 model it starts from.
 DEFAULTS = {
     **{k: v for k, v in VGG_SERD_DEFAULTS.items() if not k.startswith("pretrained")},
     "lr": 1e-4,
@@ -86,6 +85,10 @@ DEFAULTS = {
     "lambda_ce": 20.0,
     "gender_bound": False,
 }
+
+#: What step 2 takes from step 1's recipe (ModelSpec.shares): it loads step 1's trunk and
+#: SERD, so it builds them as step 1 did.
+TRUNK_KEYS = ("width", "input_size", "batch_norm")
 
 #: Images per trunk pass when `prepare` caches the training split's salient features.
 PREPARE_BATCH = 64
