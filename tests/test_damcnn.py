@@ -232,6 +232,18 @@ def test_a_fresh_serd_mask_lets_every_region_through():
     assert salient.abs().sum() > 0
 
 
+def test_step1_head_starts_as_vggs_fc_layers():
+    """fc6-fc8 start as torchvision's VGG (and Caffe's VGG-Face fc8): normal with std 0.01,
+    zero bias, not PyTorch's default draw, which is several times larger here."""
+    torch.manual_seed(0)
+    model = build(width=0.125, input_size=64)
+    linears = [layer for layer in model.head if isinstance(layer, torch.nn.Linear)]
+    assert len(linears) == 3
+    for layer in linears:
+        assert abs(layer.weight.std().item() - 0.01) < 0.001
+        assert not layer.bias.any()
+
+
 def sequence_split(n=24):
     """tiny_split's faces in sequences of 2 frames (faces 2k, 2k+1), each class in 4."""
     split = tiny_split(n)

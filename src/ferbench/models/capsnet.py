@@ -48,7 +48,7 @@ from torch import nn
 
 from ferbench.models.base import Classifier, FERModel
 from ferbench.models.losses import margin_loss, reconstruction_loss
-from ferbench.models.vgg import TRUNK_DEFAULTS, VGGTrunk, scaled_channels
+from ferbench.models.vgg import TRUNK_DEFAULTS, VGGTrunk, fully_connected_head, scaled_channels
 
 PRIMARY_CAPSULES, PRIMARY_DIM, CLASS_DIM = 32, 8, 16
 #: Stages (0-based) whose conv output receives the attended branch: VGG stages 3 and 4.
@@ -199,16 +199,8 @@ class VGGClassifier(Classifier):
     def __init__(self, num_classes: int, in_channels: int, in_side: int, width: float,
                  dropout: float):
         super().__init__()
-        hidden = scaled_channels(4096, width)
-        self.layers = nn.Sequential(
-            nn.Flatten(), nn.Linear(in_channels * in_side * in_side, hidden), nn.ReLU(True),
-            nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
-            nn.Linear(hidden, num_classes),
-        )
-        for layer in self.layers:
-            if isinstance(layer, nn.Linear):  # torchvision's VGG init
-                nn.init.normal_(layer.weight, 0, 0.01)
-                nn.init.zeros_(layer.bias)
+        self.layers = nn.Sequential(nn.Flatten(), *fully_connected_head(
+            in_channels * in_side * in_side, num_classes, width, dropout))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)

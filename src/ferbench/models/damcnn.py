@@ -56,7 +56,8 @@ from torch import nn
 
 from ferbench.models.base import FERModel
 from ferbench.models.losses import mpae_reconstruction, serd_regulariser
-from ferbench.models.vgg import TRUNK_DEFAULTS, VGGTrunk, load_pretrained, scaled_channels
+from ferbench.models.vgg import (TRUNK_DEFAULTS, VGGTrunk, fully_connected_head,
+                                 load_pretrained, scaled_channels)
 
 #: Step 1, VGG-SERD (Eq. 4): alpha_S = 1e-5.
 VGG_SERD_DEFAULTS = {
@@ -213,15 +214,12 @@ class DAMCNN(FERModel):
         self.trunk = VGGTrunk("vgg16", in_channels=1, width=width, batch_norm=batch_norm)
         self.serd = SERD(self.trunk.out_channels)
         features = self.trunk.out_channels * (input_size // 32) ** 2
-        hidden = scaled_channels(4096, width)
         if step == 1:
             # VGG-Face's fc6-fc8, the last one sized for the K expressions.
-            self.head = nn.Sequential(
-                nn.Linear(features, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
-                nn.Linear(hidden, num_classes))
+            self.head = fully_connected_head(features, num_classes, width, dropout)
         else:
-            self.mpvs = MPVSNet(features, hidden, decoders, num_classes, dropout)
+            self.mpvs = MPVSNet(features, scaled_channels(4096, width), decoders, num_classes,
+                                dropout)
             for frozen in (self.trunk, self.serd):
                 frozen.requires_grad_(False)
         self._loaded_step1 = False

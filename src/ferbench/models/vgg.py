@@ -70,6 +70,25 @@ class VGGTrunk(nn.Module):
         return x
 
 
+def fully_connected_head(in_features: int, num_classes: int, width: float,
+                         dropout: float) -> nn.Sequential:
+    """VGG's fc6-fc8: FC 4096 - ReLU - dropout - FC 4096 - ReLU - dropout - FC K, at `width`.
+
+    Initialised as torchvision's VGG (normal, std 0.01, zero bias), as Caffe's VGG-Face fc8
+    was: PyTorch's default draws these layers several times larger.
+    """
+    hidden = scaled_channels(4096, width)
+    head = nn.Sequential(
+        nn.Linear(in_features, hidden), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(hidden, hidden), nn.ReLU(True), nn.Dropout(dropout),
+        nn.Linear(hidden, num_classes))
+    for layer in head:
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, 0, 0.01)
+            nn.init.zeros_(layer.bias)
+    return head
+
+
 def load_pretrained(trunk: VGGTrunk, path_or_url: str | Path, sha256: str,
                     fully_connected: Sequence[nn.Linear] = ()) -> VGGTrunk:
     """Copy the conv (and batch-norm) weights of a VGG state dict into `trunk`, in order, and
