@@ -71,12 +71,26 @@ def test_mcnemar_counts_discordant_faces_and_takes_the_exact_binomial_p():
         compare.mcnemar(a, b[:5])
 
 
-def test_fast_macro_f1_matches_the_evaluate_stage():
+def test_classification_metrics_match_scikit_learns():
+    """Numpy's confusion-matrix arithmetic gives scikit-learn's figures, zero_division=0,
+    with a class absent from the truth but predicted (5) and one never predicted (4)."""
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
     rng = np.random.default_rng(0)
-    y_true = rng.integers(0, 5, 300)  # class 5 absent from the truth, predicted sometimes
+    y_true = rng.integers(0, 5, 300)
     y_pred = np.where(rng.random(300) < 0.6, y_true, rng.integers(0, 6, 300))
-    reference = evaluate.classification_metrics(y_true, y_pred, list("abcdef"))["macro_f1"]
-    assert compare.macro_f1(y_true, y_pred, 6) == pytest.approx(reference, abs=1e-12)
+    y_pred[y_pred == 4] = 3
+    labels, index = list("abcdef"), list(range(6))
+    metrics = evaluate.classification_metrics(y_true, y_pred, labels)
+    assert metrics["confusion"] == confusion_matrix(y_true, y_pred, labels=index).tolist()
+    reference = precision_recall_fscore_support(y_true, y_pred, labels=index, zero_division=0)
+    for name, expected in zip(("precision", "recall", "f1", "support"), reference):
+        got = [metrics["per_class"][label][name] for label in labels]
+        np.testing.assert_allclose(got, expected, atol=1e-12)
+    # Macro-F1 over the classes the truth has (0-4), as the papers average.
+    assert metrics["macro_f1"] == pytest.approx(
+        f1_score(y_true, y_pred, labels=index[:5], average="macro", zero_division=0), abs=1e-12)
+    assert metrics["accuracy"] == pytest.approx((y_true == y_pred).mean())
 
 
 def test_bootstrap_interval_is_seeded_and_agrees_with_the_normal_approximation():

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ferbench import evaluate
+
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 CALIBRATION_BINS = 15
@@ -99,20 +101,6 @@ def mcnemar(correct_a, correct_b) -> dict:
     return {"faces": int(a.size), "a_only": a_only, "b_only": b_only, "p": p}
 
 
-def macro_f1(y_true, y_pred, n_classes: int) -> float:
-    """Macro-F1 over the classes present in y_true, as evaluate.classification_metrics, but
-    from one bincount: the bootstrap calls it thousands of times."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    confusion = np.bincount(y_true * n_classes + y_pred,
-                            minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-    support, predicted = confusion.sum(1), confusion.sum(0)
-    denominator = support + predicted
-    f1 = np.divide(2 * np.diag(confusion), denominator, out=np.zeros(n_classes),
-                   where=denominator > 0)
-    present = support > 0
-    return float(f1[present].mean()) if present.any() else 0.0
-
-
 def bootstrap_interval(statistic, n: int, seed: int, confidence: float = CONFIDENCE,
                        resamples: int = BOOTSTRAP_RESAMPLES) -> dict:
     """Percentile bootstrap over n test faces (scipy.stats.bootstrap): `statistic(indices)`
@@ -132,7 +120,8 @@ def scores_on(y_true, y_pred, n_classes: int):
     """The two scores of a set of faces as functions of face indices (for the bootstrap)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     return {"accuracy": lambda i: float((y_true[i] == y_pred[i]).mean()),
-            "macro_f1": lambda i: macro_f1(y_true[i], y_pred[i], n_classes)}
+            "macro_f1": lambda i: evaluate.macro_f1(
+                evaluate.confusion_matrix(y_true[i], y_pred[i], n_classes))}
 
 
 def friedman(avg_ranks, n_datasets: int) -> dict:
