@@ -69,6 +69,46 @@ def test_the_ui_sees_model_training_a_source_and_one_dataset_input(tracker, tmp_
     assert '"image"' in dataset.schema and "num_rows" in dataset.profile
 
 
+def _log_datasets_in_step(uri: str, root: str, barrier, rounds: int, errors) -> None:
+    """One "fold job": its own runs, each given round's dataset the moment the others are."""
+    import pandas as pd
+
+    tracker = tracking.Tracker(uri, "tracking-test", root)
+    runs = [tracker.start_run(f"fold-{k}", {"round": str(k)}) for k in range(rounds)]
+    manifest = pd.DataFrame({"image": ["a.png"], "label": ["fear"]})
+    for k, run_id in enumerate(runs):
+        barrier.wait()
+        try:
+            tracker.log_dataset(run_id, manifest, f"{root}/manifest.csv", "synthetic",
+                                f"{k:016x}")
+        except Exception as exc:  # reported in the parent, with the first message
+            errors.put(str(exc)[:300])
+
+
+def test_jobs_adding_one_new_dataset_at_once_each_get_it(tracker, tmp_path):
+    """Fold jobs log the same new manifest concurrently: MLflow looks the dataset up, then
+    inserts it, so two of them can insert the same row. Each must still get its input."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    jobs, rounds = 4, 8
+    barrier, errors = context.Barrier(jobs), context.Queue()
+    workers = [context.Process(target=_log_datasets_in_step,
+                               args=(tracker.uri, str(tmp_path), barrier, rounds, errors))
+               for _ in range(jobs)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert not failures, f"{len(failures)} of {jobs * rounds} failed, e.g. {failures[0]}"
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == jobs * rounds
+    for run in runs:
+        (dataset,) = [d.dataset for d in run.inputs.dataset_inputs]
+        assert dataset.digest == f"{int(run.data.tags['round']):016x}"
+
+
 def test_system_metrics_are_logged_while_the_block_runs(tracker):
     import time
 

@@ -7,7 +7,8 @@ for such a run before creating one: a job killed at any point and run again logs
 run it started, and a rerun of the summary reuses its parent, instead of leaving orphans
 and duplicates. What a rerun logs again (the epochs before a checkpoint, test metrics) is
 skipped where the run already holds it, so the store ends as after an uninterrupted run.
-SQLite allows one writer at a time: parallel fold jobs retry on "database is locked".
+SQLite allows one writer at a time: parallel fold jobs retry on "database is locked", and
+on the dataset row two of them inserted at once.
 
 What MLflow's UI reads is written as it expects: the experiment is marked as model training
 (so the UI opens on its runs table), runs carry the source and git tags, the manifest is a
@@ -77,13 +78,21 @@ def use_store(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+#: Errors another job's write causes, gone when the call is made again: SQLite's locks, and
+#: the dataset row two fold jobs both found missing and both inserted (MLflow looks a
+#: dataset up before adding it, not atomically; the second call finds the first's row).
+TRANSIENT_ERRORS = ("locked", "unique constraint failed: datasets.")
+
+
 def retry(fn, *args, attempts: int = 12, **kwargs):
-    """Call fn, retrying with jittered backoff while SQLite reports a lock."""
+    """Call fn, retrying with jittered backoff while it fails with a TRANSIENT_ERRORS one."""
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # sqlalchemy/mlflow wrap the lock error in several types
-            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+        except Exception as exc:  # sqlalchemy/mlflow wrap these errors in several types
+            message = str(exc).lower()
+            if not any(error in message for error in TRANSIENT_ERRORS) \
+                    or attempt == attempts - 1:
                 raise
             time.sleep(min(5.0, 0.2 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
