@@ -23,6 +23,7 @@ from ferbench.privacy import classifier as classifier_mod
 from ferbench.privacy import fixed_point as fp
 from ferbench.privacy import protocol
 from ferbench.privacy.faces import LABELS, synthetic_faces
+from tests.conftest import CHANCE_P
 
 #: Blinded values up to this many bits are factored (sympy takes well under a second).
 FACTOR_BITS = 72
@@ -292,5 +293,5 @@ def test_same_class_faces_are_indistinguishable_in_the_current_transcript(small,
         tops.append(np.bincount(top_seen, minlength=model.shape.classes))
     advantage, z = advantage_z(*hits, queries)
     assert abs(z) < 4, (advantage, z)
-    assert stats.ks_2samp(*opened).pvalue > 1e-3
-    assert stats.chi2_contingency(tops).pvalue > 1e-3
+    assert stats.ks_2samp(*opened).pvalue > CHANCE_P
+    assert stats.chi2_contingency(tops).pvalue > CHANCE_P
