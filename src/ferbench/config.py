@@ -124,10 +124,11 @@ def _check_references(config: dict) -> None:
             _check_pretrain(config, study, f"studies.{i}.pretrain")
     for name, overrides in config["models"].items():
         _check_hyperparameters(name, overrides, f"models.{name}")
-    blocks = study_blocks(config)  # a study block that is not a model's, or two that disagree
-    for i, study in enumerate(config["studies"]):
+    study_blocks(config)  # names a study block that is not a model's, or two that disagree
+    for study in config["studies"]:  # a trunk key that disagrees with the model started from
         for model in study["models"]:
-            _check_shared(config, blocks, study, model, f"studies.{i}.hyperparameters.{model}")
+            if REGISTRY[model].starts_from:
+                recipe(config, study["dataset"], study["protocol"], model)
 
 
 def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
@@ -147,30 +148,17 @@ def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
         raise ConfigError(f"config key '{key}': {err.args[0]}") from None
 
 
-def _check_shared(config: dict, blocks: dict, study: dict, model: str, key: str) -> None:
-    """A model that starts from another's `model.pt` takes that model's trunk keys
-    (ModelSpec.shares); a block that sets one to another value is refused, not overridden."""
-    from ferbench.models import REGISTRY
-
-    spec = REGISTRY[model]
-    if not spec.starts_from:
-        return
-    start = recipe(config, study["dataset"], study["protocol"], spec.starts_from)
-    layers = ((key, blocks.get((study["dataset"], study["protocol"], model), {})),
-              (f"models.{model}", config["models"].get(model, {})))
-    for name in spec.shares:
-        for where, block in layers:
-            if name in block and block[name] != start[name]:
-                raise ConfigError(
-                    f"config key '{where}.{name}': {model} builds the trunk "
-                    f"{spec.starts_from} trained, whose {name} is {start[name]!r} here (leave "
-                    "it unset: it is taken from there)")
-
-
 def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
-    """Each (dataset, protocol, model) training's own hyperparameters, from the study entry
-    whose dataset and protocol it trains on, or from the `pretrain:` block that asks for it.
-    One training has one recipe: two blocks that give it different values are refused."""
+    """Each (dataset, protocol, model) training's own hyperparameters (keyed_study_blocks
+    without the keys)."""
+    return {training: block for training, (_, block) in keyed_study_blocks(config).items()}
+
+
+def keyed_study_blocks(config: dict) -> dict[tuple[str, str, str], tuple[str, dict]]:
+    """Each (dataset, protocol, model) training's own hyperparameters and their config key,
+    from the study entry whose dataset and protocol it trains on, or from the `pretrain:`
+    block that asks for it. One training has one recipe: two blocks that give it different
+    values are refused."""
     blocks: dict[tuple[str, str, str], tuple[str, dict]] = {}
     for i, study in enumerate(config["studies"]):
         owners = [(f"studies.{i}.hyperparameters", study)]
@@ -186,20 +174,37 @@ def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
                         f"config key '{key}.{model}': {model} on {training[0]}/{training[1]} "
                         f"already has other hyperparameters at '{earlier[0]}' (one training, "
                         "one recipe)")
-    return {training: block for training, (_, block) in blocks.items()}
+    return blocks
+
+
+def recipe_blocks(config: dict, dataset: str, protocol: str, model: str
+                  ) -> list[tuple[str, dict]]:
+    """The config blocks one training's recipe is read from, weakest first, each with its
+    key: the config's `models.<name>`, then the study's own block (those that exist)."""
+    blocks = [(f"models.{model}", config["models"][model])] if model in config["models"] else []
+    owned = keyed_study_blocks(config).get((dataset, protocol, model))
+    return blocks + [owned] if owned else blocks
 
 
 def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
     """The effective hyperparameters of one training, resolved in this one place:
-    the model's paper defaults < the config's `models.<name>` < the study's own block; a
-    model that starts from another's weights takes that one's trunk keys (ModelSpec.shares)."""
+    the model's paper defaults < the config's `models.<name>` < the study's own block. A
+    model that starts from another's weights takes that one's trunk keys (ModelSpec.shares);
+    a block that sets one of them to another value is refused, not overridden."""
     from ferbench.models import get
 
     spec = get(model)
-    study_block = study_blocks(config).get((dataset, protocol, model), {})
-    overrides = {**config["models"].get(model, {}), **study_block}
+    blocks = recipe_blocks(config, dataset, protocol, model)
+    overrides = {name: value for _, block in blocks for name, value in block.items()}
     if spec.starts_from:
         start = recipe(config, dataset, protocol, spec.starts_from)
+        for key, block in blocks:
+            for name in spec.shares:
+                if name in block and block[name] != start[name]:
+                    raise ConfigError(
+                        f"config key '{key}.{name}': {model} builds the trunk "
+                        f"{spec.starts_from} trained, whose {name} is {start[name]!r} here "
+                        "(leave it unset: it is taken from there)")
         overrides.update({name: start[name] for name in spec.shares})
     return spec.hyperparameters(overrides)
 

@@ -169,17 +169,15 @@ def stages(config: dict, config_file: str) -> dict:
 
 
 def _recipe_params(config: dict, training: paths.Training) -> list[str]:
-    """The config keys a training's recipe is read from (ferbench.config.recipe): its own
-    blocks, and those of the model whose trunk it takes."""
-    from ferbench.config import study_blocks
+    """The config keys a training's recipe is read from (ferbench.config.recipe_blocks): its
+    own blocks, and those of the model whose trunk it takes; a study block as `studies`."""
+    from ferbench.config import recipe_blocks
     from ferbench.models import get
 
-    models = [training.model, get(training.model).starts_from]
-    keys = [f"models.{model}" for model in models if model in config["models"]]
-    if any((training.dataset, training.protocol, model) in study_blocks(config)
-           for model in models):
-        keys.append("studies")
-    return keys
+    keys = [key for model in (training.model, get(training.model).starts_from) if model
+            for key, _ in recipe_blocks(config, training.dataset, training.protocol, model)]
+    own = [key for key in keys if key.startswith("models.")]
+    return own + ["studies"] if len(own) < len(keys) else own
 
 
 def _trained(config: dict, wildcards: dict, folds) -> list[str]:

@@ -28,7 +28,10 @@ def class_scores(confusion: np.ndarray) -> dict[str, np.ndarray]:
 
 def macro_f1(confusion: np.ndarray) -> float:
     """Mean F1 over the classes present in the truth (a class nobody shows has no F1)."""
-    scores = class_scores(confusion)
+    return _mean_present_f1(class_scores(confusion))
+
+
+def _mean_present_f1(scores: dict[str, np.ndarray]) -> float:
     present = scores["support"] > 0
     return float(scores["f1"][present].mean()) if present.any() else 0.0
 
@@ -43,7 +46,7 @@ def classification_metrics(y_true, y_pred, labels) -> dict:
     scores = class_scores(confusion)
     return {
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
-        "macro_f1": macro_f1(confusion),
+        "macro_f1": _mean_present_f1(scores),
         "labels": list(labels),
         "confusion": confusion.tolist(),
         "per_class": {
