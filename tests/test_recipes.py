@@ -310,6 +310,33 @@ def test_test_flip_averages_each_face_with_its_mirror():
     assert spec.hyperparameters()["test_flip"] is False  # the papers evaluate one view
 
 
+def test_a_test_flip_model_is_selected_on_validation_as_it_is_tested():
+    """With `test_flip` the validation accuracy that picks the epoch (and a closed-form
+    model's C) is that of `predict`'s two views; the loss stays the plain view's."""
+    torch.manual_seed(0)
+    hog, cpu = get("hog_svm"), torch.device("cpu")
+    model = hog.build(3, hog.hyperparameters({"input_size": 24, "c_grid": [1.0]}))
+    with torch.no_grad():  # random hyperplanes over HOG, which a mirror changes
+        model.linear.weight.normal_()
+    split = tiny_split(64)
+    plain_loss, plain_acc = train.evaluate_loss(model, split, cpu)
+    loss, acc = train.evaluate_loss(model, split, cpu, batch_size=5, flip=True)
+    plain = train.predict(model, split, cpu).argmax(1)
+    voted = train.predict(model, split, cpu, flip=True).argmax(1)
+    assert (voted != plain).any()
+    assert loss == pytest.approx(plain_loss)
+    assert acc == pytest.approx((voted == split.targets).float().mean().item())
+    assert plain_acc == pytest.approx((plain == split.targets).float().mean().item())
+
+    val = tiny_split(64, seed=3)  # where the SVM's two views score 75.0% and its own 70.3%
+    for flip in (False, True):
+        model = hog.build(3, hog.hyperparameters({"input_size": 24, "c_grid": [1.0]}))
+        history, _, _ = train.fit_closed_form(model, tiny_split(64, seed=2), val, 0, flip=flip)
+        chosen = history.loc[history["chosen"], "val_acc"].item()
+        predicted = train.predict(model, val, cpu, flip=flip).argmax(1)
+        assert chosen == pytest.approx((predicted == val.targets).float().mean().item())
+
+
 def test_schema_takes_test_flip_as_a_boolean(tmp_path):
     raw = tiny_config(tmp_path)
     raw["models"]["deep_emotion"]["test_flip"] = True

@@ -296,7 +296,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     with tracker.system_metrics(run_id, config["mlflow"]["system_metrics_s"]):
         if spec.closed_form:
             history, best_state, best_epoch = train_mod.fit_closed_form(
-                model, train_split, val_split, seed, log_epoch, {"run_id": run_id})
+                model, train_split, val_split, seed, log_epoch, {"run_id": run_id},
+                hp.get("test_flip", False))
         else:
             history, best_state, best_epoch, _ = train_mod.fit(
                 model, hp, train_split, val_split, checkpoint, seed, device, log_epoch,

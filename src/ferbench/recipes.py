@@ -32,7 +32,9 @@ TRAINING_DEFAULTS = {
     "label_smoothing": 0.0,
     "class_balance": "none",  # none | loss (inverse-frequency class weights) | sampler
     # Evaluation, not training: average each test face's class probabilities with its
-    # mirror image's (train.predict). Off in the papers; ours where a study says so.
+    # mirror image's (train.predict), and score the validation faces the same way, so the
+    # epoch (or C) kept is the one that predicts best as tested. Off in the papers; ours
+    # where a study says so.
     "test_flip": False,
 }
 

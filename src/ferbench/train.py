@@ -315,9 +315,11 @@ def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_si
 
 @torch.no_grad()
 def evaluate_loss(model, split: Split, device, batch_size: int = 256,
-                  autocast: torch.dtype | None = None) -> tuple[float, float]:
+                  autocast: torch.dtype | None = None, flip: bool = False) -> tuple[float, float]:
     """Mean objective and accuracy on a split (the objective includes the model's regulariser).
 
+    With `flip` (the recipe's `test_flip`) the accuracy is that of `predict`'s two views, so
+    a model is selected as it will be tested; the objective stays the face's own view's.
     Summed on the device in float64 and read once, as in `_train_epoch`: the same sums as
     adding each batch's `.item()` on the host, without a host sync per batch."""
     model.eval()
@@ -328,6 +330,9 @@ def evaluate_loss(model, split: Split, device, batch_size: int = 256,
         y = split.targets[i:i + batch_size].to(device)
         with precision(device, autocast):
             loss, logits = model.objective(x, y)
+            if flip:
+                logits = (torch.softmax(logits.float(), 1)
+                          + torch.softmax(model(x.flip(-1)).float(), 1))
         total_loss += loss.detach().double() * len(y)
         correct += (logits.argmax(1) == y).sum()
     seen = max(1, len(split))
@@ -462,7 +467,8 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
             group["lr"] = scheduled_lr(hp, epoch, state["history"])
         train_loss, train_acc = _train_epoch(model, optimizer, hp, train, device, seed, epoch,
                                              autocast)
-        val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast)
+        val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast,
+                                          flip=hp.get("test_flip", False))
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - start, 3)}
@@ -486,13 +492,14 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
 
 
 def fit_closed_form(model: torch.nn.Module, train: Split, val: Split, seed: int,
-                    on_epoch=None, extra: dict | None = None):
-    """`fit` for a model fitted in one step (the HOG + SVM baseline): each candidate it
-    tries on the validation split is one row of its history, logged like an epoch.
+                    on_epoch=None, extra: dict | None = None, flip: bool = False):
+    """`fit` for a model fitted in one step (the HOG + SVM baseline, the linear probe): each
+    candidate it tries on the validation split is one row of its history, logged like an
+    epoch; with `flip` each validation face is scored with its mirror, as `predict` tests.
     Returns (history, state_dict, the chosen row's epoch); nothing to resume."""
     cpu = torch.device("cpu")
     history = model.fit_closed_form(as_input(train.images, cpu), train.targets.numpy(),
-                                    as_input(val.images, cpu), val.targets.numpy(), seed)
+                                    as_input(val.images, cpu), val.targets.numpy(), seed, flip)
     for row in history.drop(columns="chosen").to_dict("records"):
         if on_epoch:
             on_epoch(row, extra or {})
