@@ -148,13 +148,7 @@ def _check_hyperparameters(model: str, overrides: dict, key: str) -> None:
         raise ConfigError(f"config key '{key}': {err.args[0]}") from None
 
 
-def study_blocks(config: dict) -> dict[tuple[str, str, str], dict]:
-    """Each (dataset, protocol, model) training's own hyperparameters (keyed_study_blocks
-    without the keys)."""
-    return {training: block for training, (_, block) in keyed_study_blocks(config).items()}
-
-
-def keyed_study_blocks(config: dict) -> dict[tuple[str, str, str], tuple[str, dict]]:
+def study_blocks(config: dict) -> dict[tuple[str, str, str], tuple[str, dict]]:
     """Each (dataset, protocol, model) training's own hyperparameters and their config key,
     from the study entry whose dataset and protocol it trains on, or from the `pretrain:`
     block that asks for it. One training has one recipe: two blocks that give it different
@@ -182,7 +176,7 @@ def recipe_blocks(config: dict, dataset: str, protocol: str, model: str
     """The config blocks one training's recipe is read from, weakest first, each with its
     key: the config's `models.<name>`, then the study's own block (those that exist)."""
     blocks = [(f"models.{model}", config["models"][model])] if model in config["models"] else []
-    owned = keyed_study_blocks(config).get((dataset, protocol, model))
+    owned = study_blocks(config).get((dataset, protocol, model))
     return blocks + [owned] if owned else blocks
 
 

@@ -291,6 +291,12 @@ def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1)
 
 
+def mean_probabilities(views: list[torch.Tensor]) -> torch.Tensor:
+    """The class probabilities of one face seen in several views (its scores in each): the
+    mean of each view's softmax, the vote `test_flip` takes between a face and its mirror."""
+    return sum(torch.softmax(scores.float(), 1) for scores in views) / len(views)
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_size: int = 256,
             autocast: torch.dtype | None = None, flip: bool = False):
@@ -300,16 +306,12 @@ def predict(model: torch.nn.Module, split: Split, device: torch.device, batch_si
     of its left-right mirror, every input channel mirrored together: a face and its mirror
     show the same expression, so two views vote instead of one."""
     model.eval()
-
-    def probabilities(x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(x).float(), 1)
-
     chunks = []
     with precision(device, autocast):
         for i in range(0, len(split), batch_size):
             x = as_input(split.images[i:i + batch_size], device)
-            p = (probabilities(x) + probabilities(x.flip(-1))) / 2 if flip else probabilities(x)
-            chunks.append(p.cpu())
+            chunks.append(mean_probabilities([model(x), model(x.flip(-1))] if flip
+                                             else [model(x)]).cpu())
     return torch.cat(chunks) if chunks else torch.zeros(0)
 
 
@@ -330,11 +332,9 @@ def evaluate_loss(model, split: Split, device, batch_size: int = 256,
         y = split.targets[i:i + batch_size].to(device)
         with precision(device, autocast):
             loss, logits = model.objective(x, y)
-            if flip:
-                logits = (torch.softmax(logits.float(), 1)
-                          + torch.softmax(model(x.flip(-1)).float(), 1))
+            scores = mean_probabilities([logits, model(x.flip(-1))]) if flip else logits
         total_loss += loss.detach().double() * len(y)
-        correct += (logits.argmax(1) == y).sum()
+        correct += (scores.argmax(1) == y).sum()
     seen = max(1, len(split))
     return total_loss.item() / seen, correct.item() / seen
 

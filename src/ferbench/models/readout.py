@@ -71,6 +71,8 @@ class LinearReadout(FERModel):
         in grid order, with the chosen one marked; the layer then holds the chosen
         classifier's hyperplanes.
         """
+        from ferbench.train import mean_probabilities  # train imports the model registry
+
         with torch.no_grad():
             train_f = self.features(train_x).double().numpy()
             val_views = [self.features(view).double().numpy()
@@ -86,7 +88,8 @@ class LinearReadout(FERModel):
             fitted = self._fit_one(c, train_f, train_y, seed)
             weight, bias = one_row_per_class(fitted, self.linear.out_features,
                                              halve_pair=self.estimator == "logistic")
-            votes = sum(softmax(view @ weight.T + bias) for view in val_views)
+            votes = mean_probabilities([torch.from_numpy(view @ weight.T + bias)
+                                        for view in val_views]).numpy()
             row = {"epoch": i, "C": c, "train_acc": fitted.score(train_f, train_y),
                    "val_acc": float((votes.argmax(1) == val_y).mean()) if len(val_y) else 0.0}
             rows.append(row)
@@ -101,11 +104,6 @@ class LinearReadout(FERModel):
         history = pd.DataFrame(rows)
         history["chosen"] = history["epoch"] == row["epoch"]
         return history
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = np.exp(scores - scores.max(1, keepdims=True))
-    return shifted / shifted.sum(1, keepdims=True)
-
 
 def one_row_per_class(fitted, num_classes: int, halve_pair: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
