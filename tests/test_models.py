@@ -1,5 +1,7 @@
 import inspect
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -181,6 +183,19 @@ def test_killed_training_resumes_to_identical_weights(tmp_path):
                                full_hist.drop(columns="seconds").to_numpy())
     for key in full_best:
         assert torch.equal(full_best[key], resumed_best[key]), key
+
+
+def test_determinism_is_set_without_importing_the_compiler():
+    """A fresh process, as a training job is: the flag is on (an error, not a warning, on the
+    CPU), and torch._inductor, 1-2 s of import that torch.use_deterministic_algorithms pays
+    for a compiler flag, stays unloaded."""
+    probe = ("import sys, torch; from ferbench import train; train.make_deterministic(0, 1); "
+             "print(torch.are_deterministic_algorithms_enabled(), "
+             "torch.is_deterministic_algorithms_warn_only_enabled(), "
+             "'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["True", "False", "False"]
 
 
 def test_checkpoint_for_other_settings_is_not_resumed(tmp_path):

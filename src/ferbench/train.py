@@ -68,10 +68,14 @@ def claim_gpu(count: int, lock_dir: Path) -> int:
 
 
 def make_deterministic(seed: int, threads: int) -> None:
-    """Fix thread count and algorithms: float reductions depend on both."""
+    """Fix thread count and algorithms: float reductions depend on both.
+
+    The flag is set on ATen alone: `torch.use_deterministic_algorithms` also imports
+    torch._inductor (1-2 s of every training job) to set a flag that only torch.compile'd
+    code reads, and ferbench compiles nothing."""
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
+    torch._C._set_deterministic_algorithms(True, warn_only=torch.cuda.is_available())
 
 
 @dataclass
