@@ -5,7 +5,8 @@
     between training and evaluation, during the summary) ends with the MLflow store an
     uninterrupted run leaves: one parent, one finished run per fold, nothing RUNNING, the
     same metrics; (b) a corrupt image is counted, not fatal; parallel fold jobs share one
-    SQLite MLflow store without losing or duplicating runs.
+    SQLite MLflow store without losing or duplicating runs (the uninterrupted reference's folds
+    train side by side).
 Covered elsewhere, not repeated here: (c) a malformed config stops before any job, naming the
 key (tests/test_workflow.py::test_malformed_config_stops_before_any_job); (d) an archive
 member escaping its folder is refused before anything is written
@@ -133,10 +134,15 @@ def store_contents(results: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
-    """The long-training study run once without faults: what every killed run must match."""
+    """The long-training study run once without faults: what every killed run must match.
+
+    Its folds train side by side: every fold is prepared first, so that the three training
+    jobs become ready together (otherwise each starts when its fold's augment job ends, and
+    short ones need not overlap), and they share one SQLite MLflow store."""
     reference = tmp_path_factory.mktemp("uninterrupted")
     write_config(reference, long_training_config())
-    run_snakemake(reference)
+    run_snakemake(reference, "--until", "augment")
+    run_snakemake(reference, cores=3)
     return reference
 
 
@@ -221,17 +227,8 @@ def test_a_corrupt_image_is_counted_and_the_study_still_finishes(tmp_path):
     assert_study_finished(tmp_path / "results")
 
 
-def test_parallel_fold_jobs_log_every_run_exactly_once(tmp_path):
-    config = tiny_config(Path("results"))
-    config["models"]["deep_emotion"].update(epochs=6, patience=6)
-    write_config(tmp_path, config)
-    # Prepare every fold first, so that the three training jobs become ready together and run
-    # side by side (otherwise each starts when its fold's augment job ends, and short ones
-    # need not overlap).
-    run_snakemake(tmp_path, "--until", "augment")
-    run_snakemake(tmp_path, cores=3)
-
-    results = tmp_path / "results"
+def test_parallel_fold_jobs_log_every_run_exactly_once(uninterrupted):
+    results = uninterrupted / "results"
     assert_study_finished(results)
     parents, children = mlflow_runs(results)
     assert len(parents) + len(children) == 4
@@ -241,7 +238,8 @@ def test_parallel_fold_jobs_log_every_run_exactly_once(tmp_path):
     spans = []
     for child in children:
         steps = client.get_metric_history(child.info.run_id, "val_acc")
-        assert sorted(m.step for m in steps) == list(range(1, 7)), "lost or repeated epochs"
+        assert sorted(m.step for m in steps) == list(range(1, EPOCHS + 1)), \
+            "lost or repeated epochs"
         spans.append((min(m.timestamp for m in steps), max(m.timestamp for m in steps)))
     # The folds really trained concurrently, so their writes contended for the SQLite file.
     overlapping = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:]
