@@ -43,6 +43,16 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/private.smk"
 
 
+# Under a cluster executor these run on the submitting host, not in the queue: the download
+# (compute nodes often have no internet) and the small aggregations of the folds' results.
+localrules:
+    all,
+    fetch,
+    summarize,
+    compare,
+    report,
+
+
 rule all:
     default_target: True
     input:

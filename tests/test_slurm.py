@@ -235,6 +235,10 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, tmp_path):
     rules = [re.search(r"rule_(\w+?)(_wildcards|$)", job.get("Comment", "")) for job in jobs]
     trained = [job for job, rule in zip(jobs, rules) if rule and rule.group(1) == "train"]
     assert len(trained) == 3, [job.get("Comment") for job in jobs]
+    # The download and the aggregations ran on the submitting host (the Snakefile's
+    # localrules), and their outputs are there all the same (assert_study_finished).
+    queued = {rule.group(1) for rule in rules if rule}
+    assert queued and not queued & {"fetch", "summarize", "compare", "report"}, queued
     assert all(job["JobState"] == "COMPLETED" for job in jobs), [
         (job.get("Comment"), job["JobState"]) for job in jobs]
     for job in trained:  # the profile's training request reached SLURM
