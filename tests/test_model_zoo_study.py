@@ -29,6 +29,9 @@ TINY_MODELS = {
     "mobilenet_cl": {"width": 0.25},
     "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0]},
 }
+#: The mean vote of two of them, a network and the anchor, at their one input size.
+ENSEMBLE = ["vgg16", "hog_svm"]
+ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
 STAGE_LR = (0.01, 0.045)
 FOLDS = 2
@@ -43,8 +46,9 @@ def zoo_config() -> dict:
                                                                 "seed": 7}}
     config["protocols"]["subject_5fold"].update(folds=FOLDS, val_fraction=0.25)
     config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
-                          "models": list(TINY_MODELS),
-                          "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]}},
+                          "models": ZOO,
+                          "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]},
+                                              "ensemble": {"members": ENSEMBLE}},
                           "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold",
                                        "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[0]}}}}]
     config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}
@@ -89,26 +93,29 @@ def test_dag_shows_the_two_step_and_two_stage_edges(zoo_study):
     assert edges.count(("dcgan fold=0", "train model=decapsnet")) == 1
     assert [child for parent, child in edges if parent.startswith("dcgan")] == \
         ["train model=decapsnet"] * FOLDS
+    # The ensemble's job of each fold waits for its members' jobs of that fold.
+    for member in ENSEMBLE:
+        assert edges.count((f"train model={member}", "train model=ensemble")) == FOLDS, member
 
 
 def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
     results, _ = zoo_study
     report = (results / "report.html").read_text()
-    for model in TINY_MODELS:
+    for model in ZOO:
         summary = json.loads((results / "synthetic/subject_5fold" / model /
                               "summary.json").read_text())
         assert len(summary["folds"]) == FOLDS, model
         assert 0.0 <= summary["accuracy_mean"] <= 1.0
         assert model in report
     parents, children = mlflow_runs(results)
-    assert len(parents) == len(TINY_MODELS)
+    assert len(parents) == len(ZOO)
     n_train = {(run.data.params["model"], run.data.params["fold"]): int(run.data.params["n_train"])
                for run in children if run.data.params["dataset"] == "synthetic"}
     classes = len(summary["labels"])
     for fold in range(FOLDS):
         assert n_train["decapsnet", str(fold)] == n_train["e2capsnet", str(fold)] + DCGAN * classes
     # One fold run per model and fold, plus the pretraining stage's (never evaluated).
-    assert len(children) == len(TINY_MODELS) * FOLDS + 1
+    assert len(children) == len(ZOO) * FOLDS + 1
 
 
 def test_step_two_keeps_step_one_trunk_and_serd_frozen(zoo_study):
@@ -152,10 +159,32 @@ def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_st
     for run in baseline:  # one logged "epoch" per C tried on the validation split
         assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
     summaries = {model: json.loads((results / "synthetic/subject_5fold" / model /
-                                    "summary.json").read_text()) for model in TINY_MODELS}
+                                    "summary.json").read_text()) for model in ZOO}
     from ferbench.report import clears
 
-    flagged = [m for m in TINY_MODELS if m != "hog_svm"
+    flagged = [m for m in ZOO if m != "hog_svm"
                and not clears(summaries[m], summaries["hog_svm"])]
     report = (results / "report.html").read_text().split("<h2>2.")[0]
     assert report.count('class="badge no">does not clear hog_svm<') == len(flagged)
+
+
+def test_the_ensemble_votes_with_its_members_probabilities(zoo_study):
+    """Each fold's ensemble predictions are the mean of its members' test probabilities, and
+    MLflow and the report say what it is the mean of."""
+    import pandas as pd
+
+    results, _ = zoo_study
+    study = results / "synthetic/subject_5fold"
+    for fold in range(FOLDS):
+        members = [pd.read_csv(study / m / f"fold{fold}/predictions.csv") for m in ENSEMBLE]
+        vote = pd.read_csv(study / f"ensemble/fold{fold}/predictions.csv")
+        columns = [c for c in vote.columns if c.startswith("p_")]
+        mean = sum(member[columns].to_numpy() for member in members) / len(members)
+        assert abs(vote[columns].to_numpy() - mean).max() < 1e-5
+        assert (vote["uid"] == members[0]["uid"]).all()
+    _, children = mlflow_runs(results)
+    runs = [run for run in children if run.data.params["model"] == "ensemble"]
+    assert len(runs) == FOLDS
+    start = "the mean vote of " + ", ".join(ENSEMBLE)
+    assert all(run.data.params["start"].startswith(start) for run in runs)
+    assert start in (results / "report.html").read_text()

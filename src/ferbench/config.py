@@ -125,9 +125,9 @@ def _check_references(config: dict) -> None:
     for name, overrides in config["models"].items():
         _check_hyperparameters(name, overrides, f"models.{name}")
     study_blocks(config)  # names a study block that is not a model's, or two that disagree
-    for study in config["studies"]:  # a trunk key that disagrees with the model started from
-        for model in study["models"]:
-            if REGISTRY[model].starts_from:
+    for study in config["studies"]:  # a trunk key that disagrees with the model started from,
+        for model in study["models"]:  # an ensemble's members
+            if REGISTRY[model].starts_from or REGISTRY[model].combines:
                 recipe(config, study["dataset"], study["protocol"], model)
 
 
@@ -184,7 +184,8 @@ def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
     """The effective hyperparameters of one training, resolved in this one place:
     the model's paper defaults < the config's `models.<name>` < the study's own block. A
     model that starts from another's weights takes that one's trunk keys (ModelSpec.shares);
-    a block that sets one of them to another value is refused, not overridden."""
+    a block that sets one of them to another value is refused, not overridden. An
+    ensemble's recipe holds its members' (`member_recipes`)."""
     from ferbench.models import get
 
     spec = get(model)
@@ -200,7 +201,45 @@ def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
                         f"{spec.starts_from} trained, whose {name} is {start[name]!r} here "
                         "(leave it unset: it is taken from there)")
         overrides.update({name: start[name] for name in spec.shares})
+    if spec.combines:
+        overrides.update(_member_recipes(config, dataset, protocol, model, blocks, overrides))
     return spec.hyperparameters(overrides)
+
+
+def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
+                    blocks: list[tuple[str, dict]], overrides: dict) -> dict:
+    """An ensemble's `member_recipes` and `input_size`, from its members' own recipes: each
+    member is another model of the same study, and all take the faces at one size."""
+    from ferbench import paths
+    from ferbench.models import get
+
+    members = overrides.get("members", [])
+    key = next((f"{k}.members" for k, block in reversed(blocks) if "members" in block),
+               f"models.{model}.members")
+    studied = paths.study_models(config).get((dataset, protocol), [])
+    if len(members) < 2:
+        raise ConfigError(f"config key '{key}': {model} on {dataset}/{protocol} needs two or "
+                          f"more members (models of the study: {', '.join(studied)})")
+    for name in members:
+        if name not in studied or get(name).combines or get(name).extra_channels:
+            raise ConfigError(f"config key '{key}': {name!r} is not a member {model} can "
+                              f"have: another model of {dataset}/{protocol} without extra "
+                              f"input channels (its models: {', '.join(studied)})")
+    recipes = {name: recipe(config, dataset, protocol, name) for name in members}
+    sizes = {name: member["input_size"] for name, member in recipes.items()}
+    if len(set(sizes.values())) > 1:
+        raise ConfigError(f"config key '{key}': the members take different input sizes "
+                          f"({', '.join(f'{n} {s}' for n, s in sizes.items())}); set one "
+                          "input_size for all of them")
+    for block_key, block in blocks:
+        for filled in ("member_recipes", "members_from"):
+            if filled in block:
+                raise ConfigError(f"config key '{block_key}.{filled}': filled in from the "
+                                  "members' own recipes and jobs (leave it unset)")
+        if block.get("input_size", sizes[members[0]]) != sizes[members[0]]:
+            raise ConfigError(f"config key '{block_key}.input_size': {model} takes its "
+                              f"members' input size, {sizes[members[0]]} (leave it unset)")
+    return {"member_recipes": recipes, "input_size": sizes[members[0]]}
 
 
 def _check_pretrain(config: dict, study: dict, key: str) -> None:

@@ -117,8 +117,9 @@ def stages(config: dict, config_file: str) -> dict:
     for training in trainings:
         w = {"dataset": training.dataset, "protocol": training.protocol}
         m = {**w, "model": training.model}
-        extras = [value for k in training.folds for value in paths.training_inputs(
-            config, training.dataset, training.protocol, training.model, k).values()]
+        extras = [path for k in training.folds for value in paths.training_inputs(
+            config, training.dataset, training.protocol, training.model, k).values()
+            for path in ([value] if isinstance(value, str) else value)]
         out[f"train_{training.dataset}_{training.protocol}_{training.model}"] = _stage(
             "train", config_file, _trained(config, m, training.folds),
             [fill(paths.FACES_ARRAY, dataset=training.dataset), fill(paths.FOLDS, **w)]
@@ -170,11 +171,15 @@ def stages(config: dict, config_file: str) -> dict:
 
 def _recipe_params(config: dict, training: paths.Training) -> list[str]:
     """The config keys a training's recipe is read from (ferbench.config.recipe_blocks): its
-    own blocks, and those of the model whose trunk it takes; a study block as `studies`."""
-    from ferbench.config import recipe_blocks
+    own blocks, and those of the model whose trunk it takes or of an ensemble's members; a
+    study block as `studies`."""
+    from ferbench.config import recipe, recipe_blocks
     from ferbench.models import get
 
-    keys = [key for model in (training.model, get(training.model).starts_from) if model
+    spec = get(training.model)
+    members = (recipe(config, training.dataset, training.protocol, training.model)["members"]
+               if spec.combines else [])
+    keys = [key for model in (training.model, spec.starts_from, *members) if model
             for key, _ in recipe_blocks(config, training.dataset, training.protocol, model)]
     own = [key for key in keys if key.startswith("models.")]
     return own + ["studies"] if len(own) < len(keys) else own

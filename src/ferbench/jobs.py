@@ -251,6 +251,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
     labels = protocol_labels(folds)
     if paths.get("init"):  # the DAG edge from step 1 or the pretraining stage
         hp.update(init_from=paths["init"], **({"init_sha256": ""} if "init_sha256" in hp else {}))
+    if paths.get("members"):  # an ensemble's edges, one per member
+        hp["members_from"] = list(paths["members"])
     train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
     val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
                               spec.input_size(hp))
@@ -265,6 +267,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
                                 "dcgan_array", "dcgan_table", "faces_table") if paths.get(k)]
     if hp.get("init_from") and Path(hp["init_from"]).is_file():  # a retrained stage 1 counts
         files.append(hp["init_from"])
+    files += hp.get("members_from", [])
     fingerprint = hashlib.sha256(json.dumps(
         [hp, seed, labels, threads, device.type, precision, *map(file_sha256, files)],
         sort_keys=True).encode()).hexdigest()
@@ -326,6 +329,8 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
         text = saved["model"] + (f" trained on {where['dataset']}/{where['protocol']} fold "
                                  f"{where['fold']}" if where else "")
         return text + (f", itself from {saved['start']}" if saved.get("start") else "")
+    if spec.combines:
+        return f"the mean vote of {', '.join(hp['members'])}, each trained on this fold"
     weights = hp.get("init_from") or hp.get("pretrained")
     if spec.closed_form and not weights:
         return "fitted in closed form (no weights to start from)"

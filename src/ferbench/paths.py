@@ -155,7 +155,7 @@ def model_inputs(config: dict, dataset: str, model: str) -> dict[str, str]:
 def training_inputs(config: dict, dataset: str, protocol: str, model: str,
                     fold) -> dict[str, str]:
     """Named files a training job reads beyond the fold's faces and augmented copies: its
-    model's channels, the weights it starts from, the face table when gender-bound decoders
+    model's channels, the weights it starts from (an ensemble's: its members'), the face table when gender-bound decoders
     need each face's gender, and the fold's DCGAN faces for models trained on them."""
     from ferbench.config import recipe
     from ferbench.models import get
@@ -166,7 +166,11 @@ def training_inputs(config: dict, dataset: str, protocol: str, model: str,
     if source:
         extras["init"] = fill(MODEL, config, dataset=source.dataset, protocol=source.protocol,
                               model=source.model, fold=fold if source.fold is None else source.fold)
-    if recipe(config, dataset, protocol, model).get("gender_bound"):
+    hyperparameters = recipe(config, dataset, protocol, model)
+    if spec.combines:  # an ensemble's members, trained on this fold by their own jobs
+        extras["members"] = [fill(MODEL, config, dataset=dataset, protocol=protocol, model=name,
+                                  fold=fold) for name in hyperparameters["members"]]
+    if hyperparameters.get("gender_bound"):
         extras["faces_table"] = fill(FACES_TABLE, config, dataset=dataset)
     if spec.trains_on_dcgan:
         for key, template in (("dcgan_array", DCGAN_ARRAY), ("dcgan_table", DCGAN_TABLE)):
@@ -186,10 +190,17 @@ class Training:
 
 def trainings(config: dict) -> list[Training]:
     """Every model the studies train, each after what it starts from: pretraining stages
-    (fold 0 only), a model's first step (DAM-CNN's vgg_serd), then the studies' models."""
+    (fold 0 only), a model's first step (DAM-CNN's vgg_serd), an ensemble's members, then
+    the studies' models."""
     folds: dict[tuple[str, str, str], set[int]] = {}
 
+    from ferbench.config import recipe
+    from ferbench.models import get
+
     def add(dataset: str, protocol: str, model: str, wanted: set[int]) -> None:
+        if get(model).combines:
+            for member in recipe(config, dataset, protocol, model)["members"]:
+                add(dataset, protocol, member, wanted)
         source = weights_source(config, dataset, protocol, model)
         if source:
             add(source.dataset, source.protocol, source.model,

@@ -424,13 +424,16 @@ def accuracy_section(studies: list[Study]) -> Html:
 
 def _method_cell(model: str, studies: list[Study]) -> Html:
     """A model's name; a model evaluated as it was trained elsewhere (no epoch on the
-    study's faces) says where, so it is read as a peer, not as a result of this protocol."""
+    study's faces) says where, so it is read as a peer, not as a result of this protocol;
+    an ensemble says whose vote it averages."""
+    from ferbench.models import get
+
     summary = next(s.summary for s in studies if s.summary["model"] == model)
     if summary.get("recipe", {}).get("epochs", 1) != 0:
         return Html(_text(model))
     start = summary.get("start") or "elsewhere"
-    return Html(f'{_text(model)}<br><span class="small">evaluated only, trained on '
-                f"{_text(start)}</span>")
+    what = start if get(model).combines else f"evaluated only, trained on {start}"
+    return Html(f'{_text(model)}<br><span class="small">{_text(what)}</span>')
 
 
 def recipe_section(studies: list[Study]) -> Html:
@@ -446,7 +449,7 @@ def recipe_section(studies: list[Study]) -> Html:
             continue
         paper = get(study.summary["model"]).defaults
         changed = ", ".join(f"{k}={v}" for k, v in sorted(recipe.items())
-                            if k in paper and paper[k] != v and k not in ("init_from",))
+                            if k in paper and paper[k] != v and k not in ("init_from", "member_recipes", "members_from"))
         rows.append([study.title, recipe.get("recipe", "paper"),
                      study.summary.get("start") or start_of(recipe), changed or "the paper's"])
     if not rows:

@@ -14,8 +14,8 @@ from typing import Callable
 from torch import nn
 
 from ferbench import recipes
-from ferbench.models import (capsnet, damcnn, deep_emotion, deepfer, hog_svm, minixception,
-                             mobilenet)
+from ferbench.models import (capsnet, damcnn, deep_emotion, deepfer, ensemble, hog_svm,
+                             minixception, mobilenet)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class ModelSpec:
     def can_pretrain(self) -> bool:
         return ("init_from" in self.defaults and not self.starts_from
                 and self.defaults.get("epochs") != 0 and not self.closed_form)
+
+    @property
+    def combines(self) -> bool:
+        """Votes with other models of its study (`members`) instead of having weights of its own."""
+        return "members" in self.defaults
 
     @property
     def extra_channels(self) -> tuple[str, ...]:
@@ -158,6 +163,9 @@ REGISTRY: dict[str, ModelSpec] = {
                         "e2-capsnet-au-attention.txt (Table 1 ablation)"),
     "hog_svm": ModelSpec("hog_svm", hog_svm.HOGSVM, hog_svm.DEFAULTS,
                          "Dalal & Triggs 2005 HOG + linear SVM (the classical baseline)"),
+    "ensemble": ModelSpec("ensemble", ensemble.Ensemble, ensemble.DEFAULTS,
+                          "Pramerdorfer & Kampel 2016 (the mean vote of the study's models)",
+                          start_loader=ensemble.load_members),
 }
 
 

@@ -1,0 +1,103 @@
+"""A soft-voting ensemble: the mean of its members' class probabilities.
+
+Averaging the softmax outputs of several networks trained apart is the usual last step of
+FER2013's best results (Pramerdorfer & Kampel 2016, "Facial Expression Recognition using
+Convolutional Neural Networks: State of the Art", Section 4: an ensemble of eight CNNs,
+72.7% -> 75.2%; Kim et al. 2016 average committee members the same way). Nothing is
+learned here: each member is a model of the same study and fold, trained by its own job;
+the ensemble's job only loads their `model.pt`, and no weight or vote share is chosen, so no
+validation face decides anything and the ensemble adds no selection of its own.
+
+`members` names registered models of the same study (two or more); the workflow resolves
+each member's effective recipe into `member_recipes` (config.recipe), so a `model.pt` of
+the ensemble rebuilds every member without reading another file. All members take the
+faces at one input size, the ensemble's: the mean is then exactly the mean of what each
+member predicts on its own. A member's own `test_flip` is not used: the ensemble's
+`test_flip` mirrors its input once, for every member alike.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ferbench.models.base import FERModel
+
+DEFAULTS = {
+    # Any two or more models of the study; by default DeepFER and its baseline Deep-Emotion,
+    # the two FER2013 papers' networks, both 48 px.
+    "members": ["deepfer", "deep_emotion"],
+    # Filled by the workflow from the members' recipes (config.recipe), never set by hand;
+    # a member missing here is built with its paper defaults.
+    "member_recipes": {},
+    # Filled by the workflow: the members' `model.pt` of the fold (DAG edges), in order.
+    "members_from": [],
+    # Taken from the members, which must agree on it (config.recipe).
+    "input_size": 48,
+    "epochs": 0,  # evaluation only: the members are trained, the mean is not
+}
+
+
+class Ensemble(FERModel):
+    """`members` built from their recipes; forward gives log mean probability per class."""
+
+    def __init__(self, num_classes: int, members=("deepfer", "deep_emotion"),
+                 member_recipes=None, input_size: int = 48):
+        from ferbench.models import get  # the registry imports this module
+
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs two or more members, got {list(members)}")
+        recipes = {name: (member_recipes or {}).get(name) or get(name).hyperparameters()
+                   for name in members}
+        sizes = {name: recipe["input_size"] for name, recipe in recipes.items()}
+        if set(sizes.values()) != {input_size}:
+            raise ValueError(f"an ensemble at input size {input_size} has members at {sizes}")
+        self.names = list(members)
+        self.members = nn.ModuleList(get(name).build(num_classes, recipes[name])
+                                     for name in self.names)
+        self.input_size = input_size
+        self.traceable = all(member.traceable for member in self.members)
+        self.face_like_maps = tuple(f"{name}\n{key}" for name, member in self.named_members()
+                                    for key in member.face_like_maps)
+
+    def named_members(self):
+        return zip(self.names, self.members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log of the members' mean softmax: its own softmax is that mean."""
+        log_probs = torch.stack([torch.log_softmax(member(x).float(), 1)
+                                 for member in self.members])
+        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The negative log-likelihood of the mean vote (reported for validation only)."""
+        return nn.functional.nll_loss(logits, targets)
+
+    def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The mean vote itself (finite where a member can never predict a class)."""
+        return {"mean_probability": torch.exp(self(x))}
+
+    def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each member's own maps, named after it: where each voter looks."""
+        return {f"{name}\n{key}": value for name, member in self.named_members()
+                for key, value in member.attention_maps(x).items()}
+
+
+def load_members(model: Ensemble, hyperparameters: dict, labels=()) -> None:
+    """The members' trained weights, from the `model.pt` files the workflow lists in
+    `members_from` (one per member, in order); each must be the member the recipe names,
+    trained on the same classes."""
+    from ferbench.train import load_tensors
+
+    paths = hyperparameters.get("members_from", [])
+    if len(paths) != len(model.names):
+        raise ValueError(f"ensemble of {', '.join(model.names)} given {len(paths)} model files")
+    for name, member, path in zip(model.names, model.members, paths):
+        saved = load_tensors(path)
+        if saved["model"] != name or list(saved["labels"]) != list(labels):
+            raise ValueError(f"{path} holds {saved['model']} on {saved['labels']}, not the "
+                             f"member {name} on {list(labels)}")
+        member.load_state_dict(saved["state_dict"])

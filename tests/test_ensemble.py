@@ -1,0 +1,121 @@
+"""The soft-voting ensemble: its vote is the members' mean probability, its recipe holds
+theirs, its model.pt stands alone, and a config it cannot honour names the key."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ferbench import config as config_mod
+from ferbench import jobs
+from ferbench.models import get
+from ferbench.models.ensemble import load_members
+from tests.conftest import tiny_config
+
+LABELS = ["anger", "happiness", "surprise"]
+#: Two members a CPU builds in milliseconds, at one input size.
+MEMBERS = {"vgg16": {"input_size": 32, "width": 1 / 16}, "deepfer": {"input_size": 32}}
+
+
+def study_config(tmp_path, ensemble: dict, members=MEMBERS) -> dict:
+    raw = tiny_config(tmp_path)
+    raw["studies"][0]["models"] = [*members, "ensemble"]
+    raw["studies"][0]["hyperparameters"] = {**members, "ensemble": ensemble}
+    return raw
+
+
+def built_members(tmp_path, seed: int = 0) -> tuple[dict, list]:
+    """The ensemble's recipe and one trained-like model.pt per member (random weights)."""
+    config = config_mod.validate(study_config(tmp_path, {"members": list(MEMBERS)}))
+    recipe = config_mod.recipe(config, "synthetic", "subject_5fold", "ensemble")
+    files = []
+    for name in MEMBERS:
+        torch.manual_seed(seed)
+        member = get(name).build(len(LABELS), recipe["member_recipes"][name])
+        files.append(jobs.save_model(tmp_path / name / "model.pt", name, LABELS,
+                                     recipe["member_recipes"][name], member.state_dict(), {}))
+    return recipe, files
+
+
+def test_the_vote_is_the_members_mean_probability(tmp_path, one_thread):
+    recipe, files = built_members(tmp_path)
+    ensemble = get("ensemble").build(len(LABELS), recipe)
+    load_members(ensemble, {**recipe, "members_from": files}, LABELS)
+    x = torch.rand(5, 1, 32, 32) * 2 - 1
+    members = [jobs.load_model(path)[0] for path in files]
+    expected = sum(torch.softmax(member(x), 1) for member in members) / len(members)
+    with torch.no_grad():
+        vote = torch.softmax(ensemble.eval()(x), 1)
+    assert torch.allclose(vote, expected, atol=1e-6)
+    # Neither member alone gives it: the mean is of two different models.
+    assert not torch.allclose(vote, torch.softmax(members[0](x), 1), atol=1e-3)
+
+
+def test_a_saved_ensemble_rebuilds_without_its_members_files(tmp_path, one_thread):
+    recipe, files = built_members(tmp_path)
+    ensemble = get("ensemble").build(len(LABELS), recipe)
+    load_members(ensemble, {**recipe, "members_from": files}, LABELS)
+    saved = jobs.save_model(tmp_path / "ensemble.pt", "ensemble", LABELS, recipe,
+                            ensemble.state_dict(), {})
+    for path in files:
+        path.unlink()
+    restored, record = jobs.load_model(saved)
+    x = torch.rand(3, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(restored(x), ensemble.eval()(x))
+    assert record["input_size"] == 32
+
+
+@pytest.mark.parametrize("model, labels", [("deepfer", LABELS), ("vgg16", LABELS[:2])])
+def test_a_members_file_of_another_model_or_classes_is_refused(tmp_path, model, labels):
+    recipe, files = built_members(tmp_path)
+    member = get(model).build(len(labels), recipe["member_recipes"][model])
+    files[0] = jobs.save_model(tmp_path / "other.pt", model, labels,
+                               recipe["member_recipes"][model], member.state_dict(), {})
+    ensemble = get("ensemble").build(len(LABELS), recipe)
+    with pytest.raises(ValueError, match="not the member vgg16"):
+        load_members(ensemble, {**recipe, "members_from": files}, LABELS)
+
+
+def test_the_recipe_holds_each_members_own_recipe(tmp_path):
+    config = config_mod.validate(study_config(tmp_path, {"members": list(MEMBERS),
+                                                         "test_flip": True}))
+    recipe = config_mod.recipe(config, "synthetic", "subject_5fold", "ensemble")
+    for name in MEMBERS:
+        assert recipe["member_recipes"][name] == config_mod.recipe(
+            config, "synthetic", "subject_5fold", name)
+    assert recipe["input_size"] == 32 and recipe["test_flip"] and recipe["epochs"] == 0
+
+
+@pytest.mark.parametrize("ensemble, members, message", [
+    ({"members": ["vgg16"]}, MEMBERS, "needs two or more members"),
+    ({"members": ["vgg16", "mobilenet_cl"]}, MEMBERS, "'mobilenet_cl' is not a member"),
+    ({"members": ["vgg16", "avggnet"]}, {**MEMBERS, "avggnet": {"input_size": 32}},
+     "'avggnet' is not a member"),  # its AU attention channel is an input of its own
+    ({"members": list(MEMBERS)}, {**MEMBERS, "deepfer": {"input_size": 48}},
+     "different input sizes"),
+    ({"members": list(MEMBERS), "input_size": 64}, MEMBERS, "ensemble.input_size"),
+    ({"members": list(MEMBERS), "member_recipes": {}}, MEMBERS, "ensemble.member_recipes"),
+    ({"members": list(MEMBERS), "members_from": ["a.pt", "b.pt"]}, MEMBERS,
+     "ensemble.members_from"),
+])
+def test_an_ensemble_it_cannot_build_names_the_key(tmp_path, ensemble, members, message):
+    with pytest.raises(config_mod.ConfigError, match=message) as err:
+        config_mod.validate(study_config(tmp_path, ensemble, members))
+    assert "config key 'studies.0.hyperparameters.ensemble" in str(err.value)
+
+
+def test_the_dvc_stage_reads_the_members_weights_and_recipes(tmp_path):
+    """A retrained member, or a change to its recipe, makes the ensemble's stage stale."""
+    from ferbench import dvcgen, paths
+
+    raw = study_config(tmp_path, {"members": list(MEMBERS)})
+    raw["models"] = raw["studies"][0]["hyperparameters"]  # the members' blocks made global
+    raw["studies"][0]["hyperparameters"] = {}
+    config = config_mod.validate(raw)
+    stage = dvcgen.stages(config, "params.yaml")["train_synthetic_subject_5fold_ensemble"]
+    for name in MEMBERS:
+        assert f"models.{name}" in stage["params"][0]["params.yaml"]
+        for fold in range(3):
+            assert paths.fill(paths.MODEL, config, dataset="synthetic",
+                              protocol="subject_5fold", model=name, fold=fold) in stage["deps"]
