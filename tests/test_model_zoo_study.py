@@ -29,7 +29,8 @@ TINY_MODELS = {
     "mobilenet_cl": {"width": 0.25},
     "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0]},
 }
-#: The mean vote of two of them, a network and the anchor, at their one input size.
+#: The mean vote of two of them, a network and the anchor, given the faces at the members'
+#: one input size (32), so its vote is exactly the mean of their own predictions.
 ENSEMBLE = ["vgg16", "hog_svm"]
 ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
@@ -48,7 +49,8 @@ def zoo_config() -> dict:
     config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
                           "models": ZOO,
                           "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]},
-                                              "ensemble": {"members": ENSEMBLE}},
+                                              "ensemble": {"members": ENSEMBLE,
+                                                           "input_size": 32}},
                           "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold",
                                        "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[0]}}}}]
     config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}

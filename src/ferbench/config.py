@@ -208,8 +208,8 @@ def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
 
 def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
                     blocks: list[tuple[str, dict]], overrides: dict) -> dict:
-    """An ensemble's `member_recipes` and `input_size`, from its members' own recipes: each
-    member is another model of the same study, and all take the faces at one size."""
+    """An ensemble's `member_recipes`, from its members' own recipes (each another model of
+    the same study), and its `input_size`: the dataset's face crop size unless set."""
     from ferbench import paths
     from ferbench.models import get
 
@@ -225,21 +225,14 @@ def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
             raise ConfigError(f"config key '{key}': {name!r} is not a member {model} can "
                               f"have: another model of {dataset}/{protocol} without extra "
                               f"input channels (its models: {', '.join(studied)})")
-    recipes = {name: recipe(config, dataset, protocol, name) for name in members}
-    sizes = {name: member["input_size"] for name, member in recipes.items()}
-    if len(set(sizes.values())) > 1:
-        raise ConfigError(f"config key '{key}': the members take different input sizes "
-                          f"({', '.join(f'{n} {s}' for n, s in sizes.items())}); set one "
-                          "input_size for all of them")
     for block_key, block in blocks:
         for filled in ("member_recipes", "members_from"):
             if filled in block:
                 raise ConfigError(f"config key '{block_key}.{filled}': filled in from the "
                                   "members' own recipes and jobs (leave it unset)")
-        if block.get("input_size", sizes[members[0]]) != sizes[members[0]]:
-            raise ConfigError(f"config key '{block_key}.input_size': {model} takes its "
-                              f"members' input size, {sizes[members[0]]} (leave it unset)")
-    return {"member_recipes": recipes, "input_size": sizes[members[0]]}
+    return {"member_recipes": {name: recipe(config, dataset, protocol, name) for name in members},
+            "input_size": overrides.get("input_size",
+                                        config["datasets"][dataset]["faces"]["size"])}
 
 
 def _check_pretrain(config: dict, study: dict, key: str) -> None:

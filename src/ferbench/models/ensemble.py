@@ -10,10 +10,14 @@ validation face decides anything and the ensemble adds no selection of its own.
 
 `members` names registered models of the same study (two or more); the workflow resolves
 each member's effective recipe into `member_recipes` (config.recipe), so a `model.pt` of
-the ensemble rebuilds every member without reading another file. All members take the
-faces at one input size, the ensemble's: the mean is then exactly the mean of what each
-member predicts on its own. A member's own `test_flip` is not used: the ensemble's
-`test_flip` mirrors its input once, for every member alike.
+the ensemble rebuilds every member without reading another file. The ensemble takes the
+faces at their crop size (its `input_size`, the dataset's `faces.size` unless a study sets
+another) and gives each member its own size with resize.py's rule, area when shrinking,
+bicubic when enlarging: one resize from the crop, as in the member's own job. Where they
+agree (a JAFFE study at 64 px) the mean is exactly the mean of what each member predicts on
+its own; elsewhere it differs by the rounding of the member's uint8 input. A member's own
+`test_flip` is not used: the ensemble's `test_flip` mirrors its input once, for every
+member alike.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ferbench.models.base import FERModel
@@ -34,7 +39,7 @@ DEFAULTS = {
     "member_recipes": {},
     # Filled by the workflow: the members' `model.pt` of the fold (DAG edges), in order.
     "members_from": [],
-    # Taken from the members, which must agree on it (config.recipe).
+    # The faces' side the ensemble is given: its dataset's crop size (config.recipe).
     "input_size": 48,
     "epochs": 0,  # evaluation only: the members are trained, the mean is not
 }
@@ -52,12 +57,10 @@ class Ensemble(FERModel):
             raise ValueError(f"an ensemble needs two or more members, got {list(members)}")
         recipes = {name: (member_recipes or {}).get(name) or get(name).hyperparameters()
                    for name in members}
-        sizes = {name: recipe["input_size"] for name, recipe in recipes.items()}
-        if set(sizes.values()) != {input_size}:
-            raise ValueError(f"an ensemble at input size {input_size} has members at {sizes}")
         self.names = list(members)
         self.members = nn.ModuleList(get(name).build(num_classes, recipes[name])
                                      for name in self.names)
+        self.sizes = [recipes[name]["input_size"] for name in self.names]
         self.input_size = input_size
         self.traceable = all(member.traceable for member in self.members)
         self.face_like_maps = tuple(f"{name}\n{key}" for name, member in self.named_members()
@@ -66,10 +69,15 @@ class Ensemble(FERModel):
     def named_members(self):
         return zip(self.names, self.members)
 
+    def member_inputs(self, x: torch.Tensor):
+        """(name, member, x at the member's input size), per member."""
+        for name, member, side in zip(self.names, self.members, self.sizes):
+            yield name, member, resized(x, side)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log of the members' mean softmax: its own softmax is that mean."""
-        log_probs = torch.stack([torch.log_softmax(member(x).float(), 1)
-                                 for member in self.members])
+        log_probs = torch.stack([torch.log_softmax(member(view).float(), 1)
+                                 for _, member, view in self.member_inputs(x)])
         return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -82,8 +90,18 @@ class Ensemble(FERModel):
 
     def attention_maps(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each member's own maps, named after it: where each voter looks."""
-        return {f"{name}\n{key}": value for name, member in self.named_members()
-                for key, value in member.attention_maps(x).items()}
+        return {f"{name}\n{key}": value for name, member, view in self.member_inputs(x)
+                for key, value in member.attention_maps(view).items()}
+
+
+def resized(x: torch.Tensor, side: int) -> torch.Tensor:
+    """A [-1, 1] batch at side x side, filtered as resize.resize filters faces: area when
+    shrinking, bicubic when enlarging (clipped to the range, as OpenCV clips to uint8)."""
+    if x.shape[-1] == side:
+        return x
+    if side < x.shape[-1]:
+        return F.interpolate(x, size=(side, side), mode="area")
+    return F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
 
 
 def load_members(model: Ensemble, hyperparameters: dict, labels=()) -> None:
