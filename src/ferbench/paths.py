@@ -155,8 +155,9 @@ def model_inputs(config: dict, dataset: str, model: str) -> dict[str, str]:
 def training_inputs(config: dict, dataset: str, protocol: str, model: str,
                     fold) -> dict[str, str]:
     """Named files a training job reads beyond the fold's faces and augmented copies: its
-    model's channels, the weights it starts from (an ensemble's: its members'), the face table when gender-bound decoders
-    need each face's gender, and the fold's DCGAN faces for models trained on them."""
+    model's channels, the weights it starts from (an ensemble's: its members'), the face
+    table when gender-bound decoders need each face's gender, and the fold's DCGAN faces
+    for models trained on them."""
     from ferbench.config import recipe
     from ferbench.models import get
 
@@ -192,10 +193,10 @@ def trainings(config: dict) -> list[Training]:
     """Every model the studies train, each after what it starts from: pretraining stages
     (fold 0 only), a model's first step (DAM-CNN's vgg_serd), an ensemble's members, then
     the studies' models."""
-    folds: dict[tuple[str, str, str], set[int]] = {}
-
     from ferbench.config import recipe
     from ferbench.models import get
+
+    folds: dict[tuple[str, str, str], set[int]] = {}
 
     def add(dataset: str, protocol: str, model: str, wanted: set[int]) -> None:
         if get(model).combines:

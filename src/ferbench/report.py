@@ -436,6 +436,11 @@ def _method_cell(model: str, studies: list[Study]) -> Html:
     return Html(f'{_text(model)}<br><span class="small">{_text(what)}</span>')
 
 
+#: Recipe keys the workflow fills in (weights a run starts from, an ensemble's members), not
+#: hyperparameters a study chose.
+FILLED_IN = ("init_from", "member_recipes", "members_from")
+
+
 def recipe_section(studies: list[Study]) -> Html:
     """What each model was trained with: the recipe's name, what its weights started from,
     and every hyperparameter that differs from the paper's."""
@@ -449,7 +454,7 @@ def recipe_section(studies: list[Study]) -> Html:
             continue
         paper = get(study.summary["model"]).defaults
         changed = ", ".join(f"{k}={v}" for k, v in sorted(recipe.items())
-                            if k in paper and paper[k] != v and k not in ("init_from", "member_recipes", "members_from"))
+                            if k in paper and paper[k] != v and k not in FILLED_IN)
         rows.append([study.title, recipe.get("recipe", "paper"),
                      study.summary.get("start") or start_of(recipe), changed or "the paper's"])
     if not rows:
