@@ -65,12 +65,12 @@ def test_members_of_other_sizes_see_the_faces_as_their_own_jobs_resize_them(tmp_
     recipe = config_mod.recipe(config, "synthetic", "subject_5fold", "ensemble")
     torch.manual_seed(0)
     ensemble = get("ensemble").build(len(LABELS), recipe).eval()
-    assert ensemble.sizes == [32, 48] and recipe["input_size"] == 40
+    assert ensemble.sizes == {"vgg16": 32, "deepfer": 48} and recipe["input_size"] == 40
     faces = torch.randint(0, 256, (6, 1, 40, 40), dtype=torch.uint8).numpy()
     with torch.no_grad():
         own = [torch.softmax(member(as_input(Split.from_arrays(faces, [0] * 6, side).images,
                                              torch.device("cpu"))), 1)
-               for member, side in zip(ensemble.members, ensemble.sizes)]
+               for member, side in zip(ensemble.members.values(), ensemble.sizes.values())]
         vote = torch.softmax(ensemble(as_input(torch.from_numpy(faces), torch.device("cpu"))), 1)
     assert torch.allclose(vote, sum(own) / 2, atol=2e-3)
 

@@ -206,6 +206,14 @@ def recipe(config: dict, dataset: str, protocol: str, model: str) -> dict:
     return spec.hyperparameters(overrides)
 
 
+def members(config: dict, dataset: str, protocol: str, model: str) -> list[str]:
+    """The models whose votes `model` averages on this study (an ensemble's `members`), or
+    none: what its jobs wait for and whose recipes its DVC stage reads."""
+    from ferbench.models import get
+
+    return recipe(config, dataset, protocol, model)["members"] if get(model).combines else []
+
+
 def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
                     blocks: list[tuple[str, dict]], overrides: dict) -> dict:
     """An ensemble's `member_recipes`, from its members' own recipes (each another model of

@@ -173,13 +173,11 @@ def _recipe_params(config: dict, training: paths.Training) -> list[str]:
     """The config keys a training's recipe is read from (ferbench.config.recipe_blocks): its
     own blocks, and those of the model whose trunk it takes or of an ensemble's members; a
     study block as `studies`."""
-    from ferbench.config import recipe, recipe_blocks
+    from ferbench.config import members, recipe_blocks
     from ferbench.models import get
 
-    spec = get(training.model)
-    members = (recipe(config, training.dataset, training.protocol, training.model)["members"]
-               if spec.combines else [])
-    keys = [key for model in (training.model, spec.starts_from, *members) if model
+    voters = members(config, training.dataset, training.protocol, training.model)
+    keys = [key for model in (training.model, get(training.model).starts_from, *voters) if model
             for key, _ in recipe_blocks(config, training.dataset, training.protocol, model)]
     own = [key for key in keys if key.startswith("models.")]
     return own + ["studies"] if len(own) < len(keys) else own

@@ -167,7 +167,7 @@ def training_inputs(config: dict, dataset: str, protocol: str, model: str,
     if source:
         extras["init"] = fill(MODEL, config, dataset=source.dataset, protocol=source.protocol,
                               model=source.model, fold=fold if source.fold is None else source.fold)
-    hyperparameters = recipe(config, dataset, protocol, model)
+    hyperparameters = recipe(config, dataset, protocol, model)  # once: Snakemake asks per job
     if spec.combines:  # an ensemble's members, trained on this fold by their own jobs
         extras["members"] = [fill(MODEL, config, dataset=dataset, protocol=protocol, model=name,
                                   fold=fold) for name in hyperparameters["members"]]
@@ -193,15 +193,13 @@ def trainings(config: dict) -> list[Training]:
     """Every model the studies train, each after what it starts from: pretraining stages
     (fold 0 only), a model's first step (DAM-CNN's vgg_serd), an ensemble's members, then
     the studies' models."""
-    from ferbench.config import recipe
-    from ferbench.models import get
+    from ferbench.config import members
 
     folds: dict[tuple[str, str, str], set[int]] = {}
 
     def add(dataset: str, protocol: str, model: str, wanted: set[int]) -> None:
-        if get(model).combines:
-            for member in recipe(config, dataset, protocol, model)["members"]:
-                add(dataset, protocol, member, wanted)
+        for member in members(config, dataset, protocol, model):
+            add(dataset, protocol, member, wanted)
         source = weights_source(config, dataset, protocol, model)
         if source:
             add(source.dataset, source.protocol, source.model,

@@ -57,22 +57,18 @@ class Ensemble(FERModel):
             raise ValueError(f"an ensemble needs two or more members, got {list(members)}")
         recipes = {name: (member_recipes or {}).get(name) or get(name).hyperparameters()
                    for name in members}
-        self.names = list(members)
-        self.members = nn.ModuleList(get(name).build(num_classes, recipes[name])
-                                     for name in self.names)
-        self.sizes = [recipes[name]["input_size"] for name in self.names]
+        self.members = nn.ModuleDict({name: get(name).build(num_classes, recipe)
+                                      for name, recipe in recipes.items()})
+        self.sizes = {name: recipe["input_size"] for name, recipe in recipes.items()}
         self.input_size = input_size
-        self.traceable = all(member.traceable for member in self.members)
-        self.face_like_maps = tuple(f"{name}\n{key}" for name, member in self.named_members()
+        self.traceable = all(member.traceable for member in self.members.values())
+        self.face_like_maps = tuple(f"{name}\n{key}" for name, member in self.members.items()
                                     for key in member.face_like_maps)
-
-    def named_members(self):
-        return zip(self.names, self.members)
 
     def member_inputs(self, x: torch.Tensor):
         """(name, member, x at the member's input size), per member."""
-        for name, member, side in zip(self.names, self.members, self.sizes):
-            yield name, member, resized(x, side)
+        for name, member in self.members.items():
+            yield name, member, resized(x, self.sizes[name])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log of the members' mean softmax: its own softmax is that mean."""
@@ -111,9 +107,9 @@ def load_members(model: Ensemble, hyperparameters: dict, labels=()) -> None:
     from ferbench.train import load_tensors
 
     paths = hyperparameters.get("members_from", [])
-    if len(paths) != len(model.names):
-        raise ValueError(f"ensemble of {', '.join(model.names)} given {len(paths)} model files")
-    for name, member, path in zip(model.names, model.members, paths):
+    if len(paths) != len(model.members):
+        raise ValueError(f"ensemble of {', '.join(model.members)} given {len(paths)} model files")
+    for (name, member), path in zip(model.members.items(), paths):
         saved = load_tensors(path)
         if saved["model"] != name or list(saved["labels"]) != list(labels):
             raise ValueError(f"{path} holds {saved['model']} on {saved['labels']}, not the "
