@@ -82,3 +82,37 @@ def test_attention_and_representations_have_their_shapes(fitted):
 def test_its_start_says_it_starts_from_nothing():
     spec = models.get("hog_svm")
     assert jobs.describe_start(spec, spec.hyperparameters()).startswith("fitted in closed form")
+
+
+def test_subject_folds_choose_c_on_every_face_no_fit_saw():
+    """With inner folds, C is the grid's value with the best accuracy pooled over the
+    validation faces and each fold's scored faces, the latter predicted by an SVM fitted
+    on the fold's other faces alone; the kept SVM is still the one fitted on all of them."""
+    spec = models.get("hog_svm")
+    hp = spec.hyperparameters({"input_size": 32, "c_grid": [1e-5, 1e-3, 1.0]})
+    model = spec.build(3, hp)
+    train, val = striped_faces(60, 0), striped_faces(6, 1)
+    flipped = np.random.default_rng(5).random(60) < 0.4  # label noise: C matters
+    train.targets[flipped] = (train.targets[flipped] + 1) % 3
+    positions = np.arange(60)
+    held_out = [(positions[positions % 3 != k], positions[positions % 3 == k]) for k in range(3)]
+    history, _, best_epoch = train_mod.fit_closed_form(model, train, val, seed=0,
+                                                       held_out=held_out)
+    features = model.features(train_mod.as_input(train.images, torch.device("cpu"))).numpy()
+    targets = train.targets.numpy()
+    for row in history.itertuples():
+        hits = [(LinearSVC(C=row.C, random_state=0, max_iter=hp["max_iter"])
+                 .fit(features[fitted], targets[fitted]).predict(features[scored])
+                 == targets[scored]) for fitted, scored in held_out]
+        assert row.subject_folds_acc == pytest.approx(np.concatenate(hits).mean())
+        assert row.pooled_acc == pytest.approx((row.subject_folds_acc * 60 + row.val_acc * 6)
+                                               / 66)
+    assert best_epoch == history.loc[history["pooled_acc"].idxmax(), "epoch"]
+    # here the six validation faces alone would have kept another C
+    assert best_epoch != history.loc[history["val_acc"].idxmax(), "epoch"]
+    kept = LinearSVC(C=history.loc[history["chosen"], "C"].item(), random_state=0,
+                     max_iter=hp["max_iter"]).fit(features, targets)
+    x_val = train_mod.as_input(val.images, torch.device("cpu"))
+    np.testing.assert_allclose(model(x_val).detach().numpy(),
+                               kept.decision_function(model.features(x_val)), rtol=1e-4,
+                               atol=1e-4)

@@ -27,7 +27,7 @@ TINY_MODELS = {
     "vgg_serd": {"input_size": 64, "width": 1 / 16},
     "damcnn": {"input_size": 64, "width": 1 / 16, "decoders": 2, "gender_bound": True},
     "mobilenet_cl": {"width": 0.25},
-    "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0]},
+    "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0], "subject_folds": 2},
 }
 #: The mean vote of two of them, a network and the anchor, given the faces at the members'
 #: one input size (32), so its vote is exactly the mean of their own predictions.
@@ -158,8 +158,9 @@ def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_st
     client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
     baseline = [run for run in children if run.data.params["model"] == "hog_svm"]
     assert len(baseline) == FOLDS and all(r.info.status == "FINISHED" for r in baseline)
-    for run in baseline:  # one logged "epoch" per C tried on the validation split
-        assert len(client.get_metric_history(run.info.run_id, "val_acc")) == 2
+    for run in baseline:  # one logged "epoch" per C tried, on validation and 2 inner folds
+        for metric in ("val_acc", "subject_folds_acc", "pooled_acc"):
+            assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
     summaries = {model: json.loads((results / "synthetic/subject_5fold" / model /
                                     "summary.json").read_text()) for model in ZOO}
     from ferbench.report import clears

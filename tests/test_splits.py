@@ -318,3 +318,30 @@ def test_cross_dataset_without_a_shared_class_is_a_clear_error():
 def test_test_faces_belong_to_cross_dataset_only():
     with pytest.raises(ValueError, match="only with, cross_dataset"):
         splits.make_folds(face_table(), LOSO, 0, face_table())
+
+
+def augment_table(subjects=6, faces=4, copies=2):
+    """A fold's training faces as the augment stage lists them: each face, then its copies."""
+    rows = [{"uid": s * faces + f, "label": ("anger", "happiness")[f % 2], "subject": f"S{s}",
+             "copy": c} for s in range(subjects) for f in range(faces) for c in range(copies + 1)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("n_splits", [3, 6, 40])
+def test_subject_folds_keep_subjects_apart_and_score_each_original_once(n_splits):
+    table = augment_table()
+    folds = splits.subject_folds(table, n_splits, seed=0)
+    assert len(folds) == min(n_splits, 6)  # one subject per fold at most: LOSO
+    scored = np.concatenate([s for _, s in folds])
+    assert sorted(scored) == list(np.flatnonzero(table["copy"] == 0))  # each face once
+    for fitted, held in folds:
+        assert set(table["subject"].iloc[fitted]).isdisjoint(table["subject"].iloc[held])
+        # every row of the fold's other subjects is fitted, augmented copies included
+        assert len(fitted) + len(held) * 3 == len(table)
+    assert all((a[0] == b[0]).all() and (a[1] == b[1]).all()
+               for a, b in zip(folds, splits.subject_folds(table, n_splits, seed=0)))
+
+
+def test_subject_folds_need_two_subjects():
+    with pytest.raises(splits.ProtocolError, match="at least 2 training subjects, found 1"):
+        splits.subject_folds(augment_table(subjects=1), 5, seed=0)

@@ -201,6 +201,15 @@ def role_split(paths: dict, folds: pd.DataFrame, fold: int, role: str, labels, m
     return split, part
 
 
+def training_table(paths: dict) -> pd.DataFrame:
+    """One row per training face of a fold, in the training split's order: the augment
+    table (uid, label, subject, copy, the transform), then the DCGAN table when `paths`
+    names one."""
+    tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
+              for key in ("augment_table", "dcgan_table") if paths.get(key)]
+    return pd.concat(tables, ignore_index=True).fillna(augment_mod.IDENTITY)
+
+
 def training_split(paths: dict, labels, model: str, input_size: int) -> train_mod.Split:
     """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
     with the model's extra channels moved exactly as each augmented face was, each face's
@@ -208,10 +217,8 @@ def training_split(paths: dict, labels, model: str, input_size: int) -> train_mo
     from ferbench import inputs, models
     from ferbench import train as train_mod
 
-    tables = [pd.read_csv(paths[key], dtype={"subject": str}, keep_default_na=False)
-              for key in ("augment_table", "dcgan_table") if paths.get(key)]
+    table = training_table(paths)
     arrays = [np.load(paths[key]) for key in ("augment_array", "dcgan_array") if paths.get(key)]
-    table = pd.concat(tables, ignore_index=True).fillna(augment_mod.IDENTITY)
     images = inputs.stack_channels(np.concatenate(arrays), models.get(model).extra_channels,
                                    table["uid"].to_numpy(), _landmarks(paths), table)
     index = train_mod.class_index(labels)
@@ -298,9 +305,11 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
 
     with tracker.system_metrics(run_id, config["mlflow"]["system_metrics_s"]):
         if spec.closed_form:
+            held_out = (splits.subject_folds(training_table(paths), hp["subject_folds"], seed)
+                        if hp.get("subject_folds") else ())
             history, best_state, best_epoch = train_mod.fit_closed_form(
                 model, train_split, val_split, seed, log_epoch, {"run_id": run_id},
-                hp.get("test_flip", False))
+                hp.get("test_flip", False), held_out)
         else:
             history, best_state, best_epoch, _ = train_mod.fit(
                 model, hp, train_split, val_split, checkpoint, seed, device, log_epoch,

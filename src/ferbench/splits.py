@@ -109,6 +109,25 @@ def carve_validation(train: pd.DataFrame, val_fraction: float, seed: int,
     return train.iloc[fit_idx], train.iloc[val_idx]
 
 
+def subject_folds(train: pd.DataFrame, n_splits: int, seed: int
+                  ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner folds of one fold's training faces (an augment table: subject, label, copy),
+    for nested model selection: (fitted, scored) row positions per inner fold, label-
+    stratified, no subject on both sides. Each face's augmented copies (`copy` > 0) go
+    with their subject and are never scored: the scored faces are as a test face is."""
+    originals = train[train["copy"] == 0]
+    n_splits = min(n_splits, originals["subject"].nunique())
+    if n_splits < 2:
+        raise ProtocolError(f"subject_folds needs at least 2 training subjects, found "
+                            f"{originals['subject'].nunique()}")
+    folds = []
+    for _, held in _stratified_splits(originals, n_splits, seed, by_subject=True):
+        held_out = train["subject"].isin(set(originals["subject"].iloc[held]))
+        folds.append((np.flatnonzero(~held_out.to_numpy()),
+                      np.flatnonzero((held_out & (train["copy"] == 0)).to_numpy())))
+    return folds
+
+
 def _rows_named(samples: pd.DataFrame, column: str, names_by_role: dict) -> dict:
     """Rows of each role whose `column` (source split or subject) is one of the role's names.
 

@@ -496,14 +496,17 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
 
 
 def fit_closed_form(model: torch.nn.Module, train: Split, val: Split, seed: int,
-                    on_epoch=None, extra: dict | None = None, flip: bool = False):
+                    on_epoch=None, extra: dict | None = None, flip: bool = False,
+                    held_out=()):
     """`fit` for a model fitted in one step (the HOG + SVM baseline, the linear probe): each
-    candidate it tries on the validation split is one row of its history, logged like an
-    epoch; with `flip` each validation face is scored with its mirror, as `predict` tests.
+    candidate it tries on the validation split (and the inner folds `held_out` of the
+    training faces, splits.subject_folds) is one row of its history, logged like an epoch;
+    with `flip` each scored face is scored with its mirror, as `predict` tests.
     Returns (history, state_dict, the chosen row's epoch); nothing to resume."""
     cpu = torch.device("cpu")
     history = model.fit_closed_form(as_input(train.images, cpu), train.targets.numpy(),
-                                    as_input(val.images, cpu), val.targets.numpy(), seed, flip)
+                                    as_input(val.images, cpu), val.targets.numpy(), seed, flip,
+                                    held_out)
     for row in history.drop(columns="chosen").to_dict("records"):
         if on_epoch:
             on_epoch(row, extra or {})

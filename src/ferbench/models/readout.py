@@ -4,6 +4,8 @@ and the linear probe of a pretrained network share.
 The features never change; one scikit-learn linear classifier per C of `c_grid` is fitted
 on the training faces' features, and the one with the best accuracy on the fold's
 validation split is kept, so model selection never sees a test face, as for every model.
+A fit takes seconds, so C can also be scored by nested cross-validation (`subject_folds`):
+on the validation split and on k subject-grouped folds of the training faces together.
 Its hyperplanes become a Linear layer (features standardised with the training split's
 mean and spread are folded into it), so evaluation, explain, `ferbench live` and MLflow
 treat the readout like any other model: scores = W . features(face) + b.
@@ -17,6 +19,19 @@ import torch
 from torch import nn
 
 from ferbench.models.base import FERModel
+
+#: What every readout's recipe holds besides its features' and classifier's own keys.
+READOUT_DEFAULTS = {
+    # 0: C is chosen on the validation split. k > 0: also on k folds of the training faces,
+    # grouped by subject (one subject per fold when k is at least their count), each
+    # predicted by a classifier fitted on the others; the training faces' augmented copies
+    # are fitted with their subject and never scored.
+    "subject_folds": 0,
+    # Read by the workflow's bookkeeping only: one closed-form "epoch" per C tried.
+    "epochs": 1,
+    "patience": 1,
+    "batch_size": 256,
+}
 
 
 class LinearReadout(FERModel):
@@ -62,48 +77,80 @@ class LinearReadout(FERModel):
 
         return LogisticRegression(C=c, max_iter=self.max_iter).fit(features, targets)
 
-    def fit_closed_form(self, train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor,
-                        val_y: np.ndarray, seed: int, flip: bool = False) -> pd.DataFrame:
-        """Fit one classifier per C on the training faces, keep the best on validation.
+    def _hyperplanes(self, c: float, features: np.ndarray, targets: np.ndarray, seed: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """(K, F) weights and (K,) biases of the classifier fitted at `c`, on raw features:
+        with `standardise`, the fitted faces' mean and spread are folded in,
+        W . (f - mean) / scale + b = (W / scale) . f + b'."""
+        mean, scale = np.zeros(features.shape[1]), np.ones(features.shape[1])
+        if self.standardise:
+            mean, scale = features.mean(0), features.std(0)
+            scale[scale == 0] = 1.0  # a constant feature stays as it is (scikit-learn's rule)
+        fitted = self._fit_one(c, (features - mean) / scale, targets, seed)
+        weight, bias = one_row_per_class(fitted, self.linear.out_features,
+                                         halve_pair=self.estimator == "logistic")
+        weight = weight / scale
+        return weight, bias - weight @ mean  # a class never trained keeps its -1e6 bias
 
-        `*_x` are [-1, 1] batches; with `flip` a validation face's class probabilities are
-        averaged with its mirror's, as `train.predict` tests. Returns one history row per C,
-        in grid order, with the chosen one marked; the layer then holds the chosen
-        classifier's hyperplanes.
-        """
+    @staticmethod
+    def _hits(weight: np.ndarray, bias: np.ndarray, views: list[np.ndarray],
+              targets: np.ndarray) -> np.ndarray:
+        """Per face, whether its vote over `views` (a face and its mirror) is right."""
         from ferbench.train import mean_probabilities  # train imports the model registry
 
-        with torch.no_grad():
-            train_f = self.features(train_x).double().numpy()
-            val_views = [self.features(view).double().numpy()
-                         for view in ((val_x, val_x.flip(-1)) if flip else (val_x,))]
-        mean, scale = np.zeros(train_f.shape[1]), np.ones(train_f.shape[1])
-        if self.standardise:
-            mean, scale = train_f.mean(0), train_f.std(0)
-            scale[scale == 0] = 1.0  # a constant feature stays as it is (scikit-learn's rule)
-        train_f = (train_f - mean) / scale
-        val_views = [(view - mean) / scale for view in val_views]
+        votes = mean_probabilities([torch.from_numpy(view @ weight.T + bias) for view in views])
+        return votes.numpy().argmax(1) == targets
+
+    def fit_closed_form(self, train_x: torch.Tensor, train_y: np.ndarray, val_x: torch.Tensor,
+                        val_y: np.ndarray, seed: int, flip: bool = False,
+                        held_out=()) -> pd.DataFrame:
+        """Fit one classifier per C on the training faces, keep the one that predicts best
+        the faces its fit never saw.
+
+        Those are the validation split's faces and, with `held_out` ((fitted, scored)
+        positions into the training faces, splits.subject_folds), each inner fold's scored
+        faces, predicted by a classifier fitted on that fold's other subjects: one pooled
+        accuracy over all of them picks C, so a few hundred faces choose instead of one
+        validation subject's twenty. The kept classifier is the one fitted on every training
+        face. `*_x` are [-1, 1] batches; with `flip` a scored face's class probabilities are
+        averaged with its mirror's, as `train.predict` tests. Returns one history row per C,
+        in grid order, with the chosen one marked (the first of equals: the strongest
+        regularisation); the layer then holds the chosen classifier's hyperplanes.
+        """
+        def views(x: torch.Tensor, mirrored: bool = flip) -> list[np.ndarray]:
+            with torch.no_grad():
+                return [self.features(view).double().numpy()
+                        for view in ((x, x.flip(-1)) if mirrored else (x,))]
+
+        train_f = views(train_x, mirrored=False)[0]
+        val_views = views(val_x)
+        inner = [(fitted, views(train_x[scored]), train_y[scored]) for fitted, scored in held_out]
         rows, best = [], None
         for i, c in enumerate(self.c_grid, start=1):
-            fitted = self._fit_one(c, train_f, train_y, seed)
-            weight, bias = one_row_per_class(fitted, self.linear.out_features,
-                                             halve_pair=self.estimator == "logistic")
-            votes = mean_probabilities([torch.from_numpy(view @ weight.T + bias)
-                                        for view in val_views]).numpy()
-            row = {"epoch": i, "C": c, "train_acc": fitted.score(train_f, train_y),
-                   "val_acc": float((votes.argmax(1) == val_y).mean()) if len(val_y) else 0.0}
+            weight, bias = self._hyperplanes(c, train_f, train_y, seed)
+            val_hits = self._hits(weight, bias, val_views, val_y)
+            inner_hits = [self._hits(*self._hyperplanes(c, train_f[fitted], train_y[fitted],
+                                                        seed), scored_views, scored_y)
+                          for fitted, scored_views, scored_y in inner]
+            row = {"epoch": i, "C": c,
+                   "train_acc": float(self._hits(weight, bias, [train_f], train_y).mean()),
+                   "val_acc": float(val_hits.mean()) if len(val_y) else 0.0}
+            pooled = np.concatenate([val_hits, *inner_hits])
+            if inner:
+                row["subject_folds_acc"] = float(np.concatenate(inner_hits).mean())
+                row["pooled_acc"] = float(pooled.mean())
             rows.append(row)
-            if best is None or row["val_acc"] > best[0]["val_acc"]:
-                best = (row, weight, bias)
-        row, weight, bias = best
-        weight = weight / scale  # W . (f - mean) / scale + b = (W / scale) . f + b'
-        bias = bias - weight @ mean  # zero for a class never trained: its bias stays
+            key = float(pooled.mean()) if len(pooled) else 0.0
+            if best is None or key > best[0]:
+                best = (key, row, weight, bias)
+        _, row, weight, bias = best
         with torch.no_grad():
             self.linear.weight.copy_(torch.from_numpy(weight.astype(np.float32)))
             self.linear.bias.copy_(torch.from_numpy(bias.astype(np.float32)))
         history = pd.DataFrame(rows)
         history["chosen"] = history["epoch"] == row["epoch"]
         return history
+
 
 def one_row_per_class(fitted, num_classes: int, halve_pair: bool = False
                       ) -> tuple[np.ndarray, np.ndarray]:
