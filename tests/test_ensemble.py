@@ -90,6 +90,45 @@ def test_a_saved_ensemble_rebuilds_without_its_members_files(tmp_path, one_threa
     assert record["input_size"] == 32
 
 
+@pytest.mark.parametrize("vote", ["mean", "validation"])
+def test_the_vote_shares_are_equal_or_chosen_on_validation(tmp_path, one_thread, vote):
+    """On validation faces that deepfer gets all right and vgg16 calls anger with confidence,
+    `vote: validation` gives deepfer the larger share; `vote: mean` keeps equal shares,
+    and vgg16 outvotes it. The shares travel with model.pt."""
+    from ferbench import train
+
+    recipe, files = built_members(tmp_path)
+    ensemble = get("ensemble").build(len(LABELS), {**recipe, "vote": vote})
+    load_members(ensemble, {**recipe, "members_from": files}, LABELS)
+    last = [m for m in ensemble.members["vgg16"].modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([8.0, 0.0, 0.0]))  # anger, whatever the face
+    faces = torch.randint(0, 256, (40, 32, 32), dtype=torch.uint8).numpy()
+    x = train.as_input(torch.from_numpy(faces)[:, None], torch.device("cpu"))
+    with torch.no_grad():
+        probs = ensemble.eval().member_probabilities(x)
+    right = probs[1].argmax(1)  # deepfer is right on every face
+    assert (right != 0).any()  # and not anger on all of them
+    val = train.Split.from_arrays(faces, right.numpy(), 32)
+    history, state, _ = train.fit_closed_form(ensemble, val, val, seed=0)
+    assert len(history) == (1 if vote == "mean" else 1 + 11)  # equal, then 0.0 to 1.0
+    chosen = history[history["chosen"]].iloc[0]
+    equal = history.iloc[0]
+    assert equal["share_vgg16"] == equal["share_deepfer"] == 0.5
+    if vote == "mean":
+        assert chosen["epoch"] == 1 and torch.equal(ensemble.shares, torch.tensor([0.5, 0.5]))
+    else:
+        assert chosen["val_acc"] == 1.0 > equal["val_acc"]
+        assert chosen["share_deepfer"] > 0.5 and ensemble.shares.sum().item() == pytest.approx(1)
+    weighted = torch.einsum("m,mbk->bk", ensemble.shares, probs)
+    with torch.no_grad():
+        assert torch.allclose(torch.softmax(ensemble(x), 1), weighted, atol=1e-6)
+    saved = jobs.save_model(tmp_path / "ensemble.pt", "ensemble", LABELS,
+                            {**recipe, "vote": vote}, state, {})
+    assert torch.equal(jobs.load_model(saved)[0].shares, ensemble.shares)
+
+
 @pytest.mark.parametrize("model, labels", [("deepfer", LABELS), ("vgg16", LABELS[:2])])
 def test_a_members_file_of_another_model_or_classes_is_refused(tmp_path, model, labels):
     recipe, files = built_members(tmp_path)
@@ -121,6 +160,8 @@ def test_the_recipe_holds_each_members_own_recipe(tmp_path):
     ({"members": list(MEMBERS), "member_recipes": {}}, MEMBERS, "ensemble.member_recipes"),
     ({"members": list(MEMBERS), "members_from": ["a.pt", "b.pt"]}, MEMBERS,
      "ensemble.members_from"),
+    ({"members": list(MEMBERS), "vote": "median"}, MEMBERS, "ensemble.vote': one of mean"),
+    ({"members": list(MEMBERS), "vote_step": 0}, MEMBERS, "ensemble.vote_step'"),
 ])
 def test_an_ensemble_it_cannot_build_names_the_key(tmp_path, ensemble, members, message):
     with pytest.raises(config_mod.ConfigError, match=message) as err:

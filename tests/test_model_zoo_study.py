@@ -29,8 +29,9 @@ TINY_MODELS = {
     "mobilenet_cl": {"width": 0.25},
     "hog_svm": {"input_size": 32, "c_grid": [0.01, 1.0], "subject_folds": 2},
 }
-#: The mean vote of two of them, a network and the anchor, given the faces at the members'
-#: one input size (32), so its vote is exactly the mean of their own predictions.
+#: The vote of two of them, a network and the anchor, given the faces at the members'
+#: one input size (32), so its vote is exactly their own predictions weighted by its shares
+#: (chosen on the validation split).
 ENSEMBLE = ["vgg16", "hog_svm"]
 ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
@@ -50,7 +51,8 @@ def zoo_config() -> dict:
                           "models": ZOO,
                           "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]},
                                               "ensemble": {"members": ENSEMBLE,
-                                                           "input_size": 32}},
+                                                           "input_size": 32,
+                                                           "vote": "validation"}},
                           "pretrain": {"dataset": "pretrain", "protocol": "subject_5fold",
                                        "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[0]}}}}]
     config["models"] = {name: {**sizes, "epochs": 1, "patience": 1, "batch_size": 16}
@@ -172,8 +174,8 @@ def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_st
 
 
 def test_the_ensemble_votes_with_its_members_probabilities(zoo_study):
-    """Each fold's ensemble predictions are the mean of its members' test probabilities, and
-    MLflow and the report say what it is the mean of."""
+    """Each fold's ensemble predictions are its members' test probabilities weighted by the
+    shares its history chose on validation, and MLflow and the report say so."""
     import pandas as pd
 
     results, _ = zoo_study
@@ -181,13 +183,18 @@ def test_the_ensemble_votes_with_its_members_probabilities(zoo_study):
     for fold in range(FOLDS):
         members = [pd.read_csv(study / m / f"fold{fold}/predictions.csv") for m in ENSEMBLE]
         vote = pd.read_csv(study / f"ensemble/fold{fold}/predictions.csv")
+        history = pd.read_csv(study / f"ensemble/fold{fold}/history.csv")
+        assert len(history) == 12  # equal shares, then 0.0 to 1.0 in steps of 0.1
+        chosen = history[history["chosen"]].iloc[0]
         columns = [c for c in vote.columns if c.startswith("p_")]
-        mean = sum(member[columns].to_numpy() for member in members) / len(members)
-        assert abs(vote[columns].to_numpy() - mean).max() < 1e-5
+        weighted = sum(chosen[f"share_{m}"] * member[columns].to_numpy()
+                       for m, member in zip(ENSEMBLE, members))
+        assert abs(vote[columns].to_numpy() - weighted).max() < 1e-5
         assert (vote["uid"] == members[0]["uid"]).all()
     _, children = mlflow_runs(results)
     runs = [run for run in children if run.data.params["model"] == "ensemble"]
     assert len(runs) == FOLDS
-    start = "the mean vote of " + ", ".join(ENSEMBLE)
+    start = "the vote of " + ", ".join(ENSEMBLE)
     assert all(run.data.params["start"].startswith(start) for run in runs)
-    assert start in (results / "report.html").read_text()
+    report = (results / "report.html").read_text()
+    assert start in report and "The vote&#x27;s share of each member per fold" in report

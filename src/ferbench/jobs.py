@@ -339,6 +339,9 @@ def describe_start(spec: models.ModelSpec, hp: dict, init=None) -> str:
                                  f"{where['fold']}" if where else "")
         return text + (f", itself from {saved['start']}" if saved.get("start") else "")
     if spec.combines:
+        if hp.get("vote") == "validation":
+            return (f"the vote of {', '.join(hp['members'])}, each trained on this fold, "
+                    "weighted by shares chosen on the validation split")
         return f"the mean vote of {', '.join(hp['members'])}, each trained on this fold"
     weights = hp.get("init_from") or hp.get("pretrained")
     if spec.closed_form and not weights:

@@ -245,17 +245,19 @@ def curves_figure(histories: list[pd.DataFrame]) -> bytes:
 
 
 def selection_figure(histories: list[pd.DataFrame]) -> bytes:
-    """Train and validation accuracy against the SVM's C, one line per fold."""
+    """Train and selection accuracy against the readout's C, one line per fold: the
+    selection is the validation split's, or pooled with the inner subject folds'."""
     fig = Figure(figsize=(4.0, 2.8), layout="constrained")
     ax = fig.subplots()
+    selected = "pooled_acc" if "pooled_acc" in histories[0] else "val_acc"
     for history in histories:
-        for split, color in (("train", "C0"), ("val", "C1")):
-            ax.plot(history["C"], 100 * history[f"{split}_acc"], color=color, lw=0.8,
-                    alpha=0.6)
+        for column, color in (("train_acc", "C0"), (selected, "C1")):
+            ax.plot(history["C"], 100 * history[column], color=color, lw=0.8, alpha=0.6)
         chosen = history[history["chosen"].astype(bool)]
-        ax.plot(chosen["C"], 100 * chosen["val_acc"], "o", color="C1", ms=4)
+        ax.plot(chosen["C"], 100 * chosen[selected], "o", color="C1", ms=4)
     ax.plot([], [], color="C0", label="train")
-    ax.plot([], [], color="C1", label="val (dot: chosen)")
+    ax.plot([], [], color="C1", label=("val + subject folds" if selected == "pooled_acc"
+                                       else "val") + " (dot: chosen)")
     ax.set_xscale("log")
     ax.set_xlabel("C")
     ax.set_title("accuracy (%)")
@@ -654,10 +656,29 @@ def _curves_part(study: Study) -> Html:
         return _note("No training histories found.")
     if "C" in histories[0]:  # a closed-form fit: one row per candidate C, not per epoch
         return _img(selection_figure(histories), f"model selection, {study.title}",
-                    "Accuracy per SVM C: thin lines per fold, dots the C each fold chose "
-                    "on its validation split.")
+                    "Accuracy per C: thin lines per fold, dots the C each fold chose on its "
+                    "validation split (pooled with its subject folds where the recipe sets "
+                    "subject_folds).")
+    if "chosen" in histories[0]:  # an ensemble: one row per candidate vote
+        return _vote_shares_table(study, [c for c in histories[0] if c.startswith("share_")])
     return _img(curves_figure(histories), f"training curves, {study.title}",
                 "Training curves: thin lines per fold, thick lines the mean.")
+
+
+def _vote_shares_table(study: Study, shares: list[str]) -> Html:
+    """Each fold's vote shares (the history's `shares` columns), and its validation accuracy
+    with them and with equal ones."""
+    rows = []
+    for fold, history in enumerate(study.histories):
+        if history is None or history.empty:
+            continue
+        chosen = history[history["chosen"].astype(bool)].iloc[0]
+        rows.append([fold, *(f"{chosen[c]:.2f}" for c in shares), _pct(chosen["val_acc"]),
+                     _pct(history["val_acc"].iloc[0])])
+    return _table(["fold", *(c.removeprefix("share_") for c in shares), "val acc",
+                   "val acc, equal shares"], rows,
+                  "The vote's share of each member per fold (chosen on the validation split "
+                  "where the recipe says vote: validation)")
 
 
 def _explain_part(study: Study) -> Html:

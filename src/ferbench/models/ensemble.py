@@ -5,8 +5,14 @@ FER2013's best results (Pramerdorfer & Kampel 2016, "Facial Expression Recogniti
 Convolutional Neural Networks: State of the Art", Section 4: an ensemble of eight CNNs,
 72.7% -> 75.2%; Kim et al. 2016 average committee members the same way). Nothing is
 learned here: each member is a model of the same study and fold, trained by its own job;
-the ensemble's job only loads their `model.pt`, and no weight or vote share is chosen, so no
-validation face decides anything and the ensemble adds no selection of its own.
+the ensemble's job only loads their `model.pt`. By default (`vote: mean`) every member
+has an equal share, so no validation face decides anything and the ensemble adds no
+selection of its own. With `vote: validation` the shares are chosen on the fold's
+validation split, among the points of the simplex `vote_step` apart (the equal shares
+always among them), as the linear readouts choose their C: worth it where that split is
+large (FER2013's 3,589 PublicTest faces), so that a weak member costs the vote nothing;
+on one JAFFE subject's 21 faces it would be noise. The vote is then the members'
+probabilities weighted by those shares (Pramerdorfer & Kampel weigh theirs equally).
 
 `members` names registered models of the same study (two or more); the workflow resolves
 each member's effective recipe into `member_recipes` (config.recipe), so a `model.pt` of
@@ -22,8 +28,9 @@ member alike.
 
 from __future__ import annotations
 
-import math
+import itertools
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,25 +48,42 @@ DEFAULTS = {
     "members_from": [],
     # The faces' side the ensemble is given: its dataset's crop size (config.recipe).
     "input_size": 48,
-    "epochs": 0,  # evaluation only: the members are trained, the mean is not
+    # "mean": equal shares. "validation": the shares, `vote_step` apart, with the best
+    # accuracy on the validation split (ties: the lower log loss).
+    "vote": "mean",
+    "vote_step": 0.1,
+    "epochs": 0,  # evaluation only: the members are trained, the vote is at most chosen
 }
+
+VOTES = ("mean", "validation")
 
 
 class Ensemble(FERModel):
-    """`members` built from their recipes; forward gives log mean probability per class."""
+    """`members` built from their recipes; forward gives the log of their probabilities
+    weighted by `shares` (equal unless chosen on validation) per class."""
+
+    #: Its job fits nothing by gradient: `fit_closed_form` sets the vote's shares.
+    closed_form = True
 
     def __init__(self, num_classes: int, members=("deepfer", "deep_emotion"),
-                 member_recipes=None, input_size: int = 48):
+                 member_recipes=None, input_size: int = 48, vote: str = "mean",
+                 vote_step: float = 0.1):
         from ferbench.models import get  # the registry imports this module
 
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs two or more members, got {list(members)}")
+        if vote not in VOTES:
+            raise ValueError(f"ensemble vote is one of {', '.join(VOTES)}, got {vote!r}")
+        if not 0 < vote_step <= 0.5:
+            raise ValueError(f"ensemble vote_step is in (0, 0.5], got {vote_step}")
+        self.vote, self.vote_step = vote, vote_step
         recipes = {name: (member_recipes or {}).get(name) or get(name).hyperparameters()
                    for name in members}
         self.members = nn.ModuleDict({name: get(name).build(num_classes, recipe)
                                       for name, recipe in recipes.items()})
         self.sizes = {name: recipe["input_size"] for name, recipe in recipes.items()}
+        self.register_buffer("shares", torch.full((len(members),), 1.0 / len(members)))
         self.input_size = input_size
         self.traceable = all(member.traceable for member in self.members.values())
         self.face_like_maps = tuple(f"{name}\n{key}" for name, member in self.members.items()
@@ -70,15 +94,58 @@ class Ensemble(FERModel):
         for name, member in self.members.items():
             yield name, member, resized(x, self.sizes[name])
 
+    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(members, B, classes): each member's softmax."""
+        return torch.stack([torch.softmax(member(view).float(), 1)
+                            for _, member, view in self.member_inputs(x)])
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """log of the members' mean softmax: its own softmax is that mean."""
+        """log of the members' softmax weighted by `shares`: its own softmax is that vote."""
         log_probs = torch.stack([torch.log_softmax(member(view).float(), 1)
                                  for _, member, view in self.member_inputs(x)])
-        return torch.logsumexp(log_probs, 0) - math.log(len(self.members))
+        return torch.logsumexp(log_probs + self.shares.log()[:, None, None], 0)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The negative log-likelihood of the mean vote (reported for validation only)."""
+        """The negative log-likelihood of the vote (reported for validation only)."""
         return nn.functional.nll_loss(logits, targets)
+
+    def candidate_shares(self) -> torch.Tensor:
+        """(candidates, members): the equal shares first, then, for `vote: validation`,
+        every point of the simplex `vote_step` apart, in a fixed order."""
+        count = len(self.members)
+        candidates = [[1.0 / count] * count]
+        if self.vote == "validation":
+            steps = round(1 / self.vote_step)
+            candidates += [[*(i / steps for i in head), (steps - sum(head)) / steps]
+                           for head in itertools.product(range(steps + 1), repeat=count - 1)
+                           if sum(head) <= steps]
+        return torch.tensor(candidates, dtype=torch.float64)
+
+    @torch.no_grad()
+    def fit_closed_form(self, train_x: torch.Tensor, train_y, val_x: torch.Tensor, val_y,
+                        seed: int, flip: bool = False, held_out=()) -> pd.DataFrame:
+        """Choose the shares on the validation split (nothing else is fitted: the training
+        faces, `seed` and `held_out` are not used). With `flip` each validation face votes
+        with its mirror, as `train.predict` tests. One history row per candidate; the
+        buffer then holds the chosen shares."""
+        self.eval()
+        views = (val_x, val_x.flip(-1)) if flip else (val_x,)
+        probs = (sum(self.member_probabilities(view) for view in views) / len(views)).double()
+        targets = torch.as_tensor(val_y, dtype=torch.long)
+        rows, best = [], None
+        for i, shares in enumerate(self.candidate_shares(), start=1):
+            vote = torch.einsum("m,mbk->bk", shares, probs)
+            accuracy = float((vote.argmax(1) == targets).double().mean()) if len(targets) else 0.0
+            loss = float(-vote.gather(1, targets[:, None]).clamp_min(1e-12).log().mean()
+                         ) if len(targets) else 0.0
+            rows.append({"epoch": i, "val_acc": accuracy, "val_loss": loss,
+                         **{f"share_{name}": float(w) for name, w in zip(self.members, shares)}})
+            if best is None or (accuracy, -loss) > best[0]:
+                best = ((accuracy, -loss), i, shares)
+        self.shares.copy_(best[2].float())
+        history = pd.DataFrame(rows)
+        history["chosen"] = history["epoch"] == best[1]
+        return history
 
     def representations(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The mean vote itself (finite where a member can never predict a class)."""
