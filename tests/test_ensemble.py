@@ -107,7 +107,7 @@ def test_the_vote_shares_are_equal_or_chosen_on_validation(tmp_path, one_thread,
     faces = torch.randint(0, 256, (40, 32, 32), dtype=torch.uint8).numpy()
     x = train.as_input(torch.from_numpy(faces)[:, None], torch.device("cpu"))
     with torch.no_grad():
-        probs = ensemble.eval().member_probabilities(x)
+        probs = ensemble.eval().member_log_probabilities(x).exp()
     right = probs[1].argmax(1)  # deepfer is right on every face
     assert (right != 0).any()  # and not anger on all of them
     val = train.Split.from_arrays(faces, right.numpy(), 32)

@@ -220,7 +220,7 @@ def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
     the same study), and its `input_size`: the dataset's face crop size unless set."""
     from ferbench import paths
     from ferbench.models import get
-    from ferbench.models.ensemble import VOTES
+    from ferbench.models.ensemble import DEFAULTS, vote_error
 
     members = overrides.get("members", [])
     key = next((f"{k}.members" for k, block in reversed(blocks) if "members" in block),
@@ -239,12 +239,10 @@ def _member_recipes(config: dict, dataset: str, protocol: str, model: str,
             if filled in block:
                 raise ConfigError(f"config key '{block_key}.{filled}': filled in from the "
                                   "members' own recipes and jobs (leave it unset)")
-        if block.get("vote", VOTES[0]) not in VOTES:
-            raise ConfigError(f"config key '{block_key}.vote': one of {', '.join(VOTES)}, got "
-                              f"{block['vote']!r}")
-        if not 0 < block.get("vote_step", 0.1) <= 0.5:
-            raise ConfigError(f"config key '{block_key}.vote_step': a share step in (0, 0.5], "
-                              f"got {block['vote_step']!r}")
+        error = vote_error(block.get("vote", DEFAULTS["vote"]),
+                           block.get("vote_step", DEFAULTS["vote_step"]))
+        if error:
+            raise ConfigError(f"config key '{block_key}.{error[0]}': {error[1]}")
     return {"member_recipes": {name: recipe(config, dataset, protocol, name) for name in members},
             "input_size": overrides.get("input_size",
                                         config["datasets"][dataset]["faces"]["size"])}

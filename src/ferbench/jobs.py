@@ -210,14 +210,16 @@ def training_table(paths: dict) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True).fillna(augment_mod.IDENTITY)
 
 
-def training_split(paths: dict, labels, model: str, input_size: int) -> train_mod.Split:
+def training_split(paths: dict, labels, model: str, input_size: int,
+                   table: pd.DataFrame | None = None) -> train_mod.Split:
     """A fold's augmented training faces, plus its DCGAN samples when `paths` names them,
     with the model's extra channels moved exactly as each augmented face was, each face's
-    gender (when `paths` names the face table) and sequence (from the split table)."""
+    gender (when `paths` names the face table) and sequence (from the split table).
+    `table` is `training_table(paths)` when the caller has read it already."""
     from ferbench import inputs, models
     from ferbench import train as train_mod
 
-    table = training_table(paths)
+    table = training_table(paths) if table is None else table
     arrays = [np.load(paths[key]) for key in ("augment_array", "dcgan_array") if paths.get(key)]
     images = inputs.stack_channels(np.concatenate(arrays), models.get(model).extra_channels,
                                    table["uid"].to_numpy(), _landmarks(paths), table)
@@ -260,7 +262,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
         hp.update(init_from=paths["init"], **({"init_sha256": ""} if "init_sha256" in hp else {}))
     if paths.get("members"):  # an ensemble's edges, one per member
         hp["members_from"] = list(paths["members"])
-    train_split = training_split(paths, labels, study["model"], spec.input_size(hp))
+    table = training_table(paths)
+    train_split = training_split(paths, labels, study["model"], spec.input_size(hp), table)
     val_split, _ = role_split(paths, folds, fold, "val", labels, study["model"],
                               spec.input_size(hp))
     model = spec.load_start(spec.build(len(labels), hp), hp, labels)
@@ -305,7 +308,7 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
 
     with tracker.system_metrics(run_id, config["mlflow"]["system_metrics_s"]):
         if spec.closed_form:
-            held_out = (splits.subject_folds(training_table(paths), hp["subject_folds"], seed)
+            held_out = (splits.subject_folds(table, hp["subject_folds"], seed)
                         if hp.get("subject_folds") else ())
             history, best_state, best_epoch = train_mod.fit_closed_form(
                 model, train_split, val_split, seed, log_epoch, {"run_id": run_id},

@@ -659,8 +659,9 @@ def _curves_part(study: Study) -> Html:
                     "Accuracy per C: thin lines per fold, dots the C each fold chose on its "
                     "validation split (pooled with its subject folds where the recipe sets "
                     "subject_folds).")
-    if "chosen" in histories[0]:  # an ensemble: one row per candidate vote
-        return _vote_shares_table(study, [c for c in histories[0] if c.startswith("share_")])
+    shares = [c for c in histories[0] if c.startswith("share_")]
+    if shares:  # an ensemble: one row per candidate vote
+        return _vote_shares_table(study, shares)
     return _img(curves_figure(histories), f"training curves, {study.title}",
                 "Training curves: thin lines per fold, thick lines the mean.")
 

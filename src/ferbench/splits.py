@@ -116,10 +116,11 @@ def subject_folds(train: pd.DataFrame, n_splits: int, seed: int
     stratified, no subject on both sides. Each face's augmented copies (`copy` > 0) go
     with their subject and are never scored: the scored faces are as a test face is."""
     originals = train[train["copy"] == 0]
-    n_splits = min(n_splits, originals["subject"].nunique())
+    subjects = originals["subject"].nunique()
+    n_splits = min(n_splits, subjects)
     if n_splits < 2:
         raise ProtocolError(f"subject_folds needs at least 2 training subjects, found "
-                            f"{originals['subject'].nunique()}")
+                            f"{subjects}")
     folds = []
     for _, held in _stratified_splits(originals, n_splits, seed, by_subject=True):
         held_out = train["subject"].isin(set(originals["subject"].iloc[held]))

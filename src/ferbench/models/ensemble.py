@@ -58,6 +58,16 @@ DEFAULTS = {
 VOTES = ("mean", "validation")
 
 
+def vote_error(vote: str, vote_step: float) -> tuple[str, str] | None:
+    """(key, why) of a vote setting the ensemble cannot take, or None: one check for the
+    constructor and for the config, which names the block it came from."""
+    if vote not in VOTES:
+        return "vote", f"one of {', '.join(VOTES)}, got {vote!r}"
+    if not 0 < vote_step <= 0.5:
+        return "vote_step", f"a share step in (0, 0.5], got {vote_step!r}"
+    return None
+
+
 class Ensemble(FERModel):
     """`members` built from their recipes; forward gives the log of their probabilities
     weighted by `shares` (equal unless chosen on validation) per class."""
@@ -73,10 +83,9 @@ class Ensemble(FERModel):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs two or more members, got {list(members)}")
-        if vote not in VOTES:
-            raise ValueError(f"ensemble vote is one of {', '.join(VOTES)}, got {vote!r}")
-        if not 0 < vote_step <= 0.5:
-            raise ValueError(f"ensemble vote_step is in (0, 0.5], got {vote_step}")
+        error = vote_error(vote, vote_step)
+        if error:
+            raise ValueError(f"ensemble {error[0]}: {error[1]}")
         self.vote, self.vote_step = vote, vote_step
         recipes = {name: (member_recipes or {}).get(name) or get(name).hyperparameters()
                    for name in members}
@@ -94,15 +103,14 @@ class Ensemble(FERModel):
         for name, member in self.members.items():
             yield name, member, resized(x, self.sizes[name])
 
-    def member_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(members, B, classes): each member's softmax."""
-        return torch.stack([torch.softmax(member(view).float(), 1)
+    def member_log_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(members, B, classes): each member's log softmax."""
+        return torch.stack([torch.log_softmax(member(view).float(), 1)
                             for _, member, view in self.member_inputs(x)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log of the members' softmax weighted by `shares`: its own softmax is that vote."""
-        log_probs = torch.stack([torch.log_softmax(member(view).float(), 1)
-                                 for _, member, view in self.member_inputs(x)])
+        log_probs = self.member_log_probabilities(x)
         return torch.logsumexp(log_probs + self.shares.log()[:, None, None], 0)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -130,7 +138,8 @@ class Ensemble(FERModel):
         buffer then holds the chosen shares."""
         self.eval()
         views = (val_x, val_x.flip(-1)) if flip else (val_x,)
-        probs = (sum(self.member_probabilities(view) for view in views) / len(views)).double()
+        probs = (sum(self.member_log_probabilities(view).exp() for view in views)
+                 / len(views)).double()
         targets = torch.as_tensor(val_y, dtype=torch.long)
         rows, best = [], None
         for i, shares in enumerate(self.candidate_shares(), start=1):

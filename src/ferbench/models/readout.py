@@ -117,14 +117,17 @@ class LinearReadout(FERModel):
         in grid order, with the chosen one marked (the first of equals: the strongest
         regularisation); the layer then holds the chosen classifier's hyperplanes.
         """
-        def views(x: torch.Tensor, mirrored: bool = flip) -> list[np.ndarray]:
+        def features(x: torch.Tensor) -> np.ndarray:
             with torch.no_grad():
-                return [self.features(view).double().numpy()
-                        for view in ((x, x.flip(-1)) if mirrored else (x,))]
+                return self.features(x).double().numpy()
 
-        train_f = views(train_x, mirrored=False)[0]
-        val_views = views(val_x)
-        inner = [(fitted, views(train_x[scored]), train_y[scored]) for fitted, scored in held_out]
+        def mirrors(x: torch.Tensor) -> list[np.ndarray]:
+            return [features(x.flip(-1))] if flip else []
+
+        train_f = features(train_x)
+        val_views = [features(val_x), *mirrors(val_x)]
+        inner = [(fitted, [train_f[scored], *mirrors(train_x[scored])], train_y[scored])
+                 for fitted, scored in held_out]
         rows, best = [], None
         for i, c in enumerate(self.c_grid, start=1):
             weight, bias = self._hyperplanes(c, train_f, train_y, seed)
