@@ -45,9 +45,10 @@ demo: install
 # Two test processes, each test file whole in one (its module fixtures run once): a test
 # study leaves a core idle much of its time (the model zoo keeps 1.8 of 2 busy, the GPU
 # check's CPU parts one), and a second file fills it. On 2 cores from a fresh clone: 19 min 51 s
-# against 28 min 28 s in one process.
+# against 28 min 28 s in one process. The files run longest first (tests/conftest.py), in
+# the order collected: xdist's own reorder, most tests first, left the long studies for last.
 test: install
-	$(BIN)/python -m pytest --numprocesses 2 --dist loadfile --durations=20
+	$(BIN)/python -m pytest --numprocesses 2 --dist loadfile --no-loadscope-reorder --durations=20
 
 lint: $(STAMP)
 	$(BIN)/snakemake --lint --configfile params.yaml

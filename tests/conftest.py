@@ -23,13 +23,18 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 
+#: Folds of the tiny study: two, the fewest that train side by side and compare fold by fold
+#: (each fold adds three jobs, most of whose seconds are torch and MLflow imports).
+TINY_FOLDS = 2
+
+
 def tiny_config(results: Path, **overrides) -> dict:
     """The default study shrunk to run in well under a minute on one CPU core."""
     config = yaml.safe_load((ROOT / "params.yaml").read_text())
     config["results"] = str(results)
     config["datasets"]["synthetic"]["generate"] = {
         "identities": 6, "repetitions": 1, "frames": 4, "frame_size": [240, 180]}
-    config["protocols"]["subject_5fold"].update(folds=3, val_fraction=0.34)
+    config["protocols"]["subject_5fold"].update(folds=TINY_FOLDS, val_fraction=0.34)
     config["studies"] = [{"dataset": "synthetic", "protocol": "subject_5fold",
                           "models": ["deep_emotion"]}]
     config["models"] = {"deep_emotion": {"epochs": 2, "patience": 2, "batch_size": 32}}
@@ -40,6 +45,20 @@ def tiny_config(results: Path, **overrides) -> dict:
     for key, value in overrides.items():
         config[key] = value
     return copy.deepcopy(config)
+
+
+def pytest_collection_modifyitems(items):
+    """Test files run longest first, by the `minutes` their `slow` marker declares (about
+    what the file takes on CI's 2 cores). `make test` keeps this order (pytest-xdist's
+    --no-loadscope-reorder) and hands each of its two processes the next file as it frees
+    up; xdist's own order, most tests first, left the long studies, few tests each, for last,
+    where one process ran the final study alone."""
+    minutes: dict[Path, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        minutes[item.path] = max(minutes.get(item.path, 0), marker.kwargs.get("minutes", 0)
+                                 if marker else 0)
+    items.sort(key=lambda item: -minutes[item.path])  # stable: a file's tests keep their order
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,10 @@ import yaml
 
 from ferbench import config as config_mod
 from ferbench import dvcgen
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import BIN, STUDY_FILE, env, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=6)
 
 
 def run(cmd, cwd, timeout=900):
@@ -106,13 +106,13 @@ def test_dvc_plots_render_training_curves_and_the_confusion_matrix(project):
         lines = {}  # "fold0/history.csv::val_acc" -> its epochs
         for value in values:
             lines.setdefault(value["filename::field"], []).append(int(value["epoch"]))
-        assert set(lines) == {f"fold{k}/history.csv::{c}" for k in range(3) for c in columns}
+        assert set(lines) == {f"fold{k}/history.csv::{c}" for k in range(TINY_FOLDS) for c in columns}
         assert all(epochs == [1, 2] for epochs in lines.values()), lines  # tiny: 2 epochs
     confusion = plots[f"{study}/confusion"][0]["content"]["data"]["values"]
     tested = sum(len(pd.read_csv(project / f"results/{study}/fold{k}/predictions.csv"))
-                 for k in range(3))
+                 for k in range(TINY_FOLDS))
     assert len(confusion) == tested and {"label", "predicted"} <= set(confusion[0])
-    assert {v["filename"] for v in confusion} == {f"fold{k}/predictions.csv" for k in range(3)}
+    assert {v["filename"] for v in confusion} == {f"fold{k}/predictions.csv" for k in range(TINY_FOLDS)}
     run([str(BIN / "dvc"), "plots", "show", "-o", "plots"], project)
     assert "vega" in (project / "plots" / "index.html").read_text()
 

@@ -10,7 +10,7 @@ from ferbench import config as config_mod
 from ferbench import jobs
 from ferbench.models import get
 from ferbench.models.ensemble import load_members
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FOLDS, tiny_config
 
 LABELS = ["anger", "happiness", "surprise"]
 #: Two members a CPU builds in milliseconds, at one input size.
@@ -180,6 +180,6 @@ def test_the_dvc_stage_reads_the_members_weights_and_recipes(tmp_path):
     stage = dvcgen.stages(config, "params.yaml")["train_synthetic_subject_5fold_ensemble"]
     for name in MEMBERS:
         assert f"models.{name}" in stage["params"][0]["params.yaml"]
-        for fold in range(3):
+        for fold in range(TINY_FOLDS):
             assert paths.fill(paths.MODEL, config, dataset="synthetic",
                               protocol="subject_5fold", model=name, fold=fold) in stage["deps"]

@@ -32,11 +32,11 @@ import pytest
 import torch
 
 from ferbench import tracking
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
                                     snakemake_command, write_config)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=12)
 STUDY = Path("results") / "synthetic" / "subject_5fold"
 EPOCHS = 12
 
@@ -169,7 +169,7 @@ def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_ru
     before = pd.DataFrame(at_kill["history"])
     pd.testing.assert_frame_equal(history.iloc[:done].reset_index(drop=True), before,
                                   check_exact=False, atol=1e-5, check_dtype=False)
-    for each in range(3):  # same seed, same CPU: identical results, fold by fold
+    for each in range(TINY_FOLDS):  # same seed, same CPU: identical results, fold by fold
         resumed, expected = fold_outputs(workdir, each), fold_outputs(reference, each)
         assert resumed[0] == expected[0], f"fold{each} metrics differ"
         pd.testing.assert_frame_equal(resumed[1].drop(columns="seconds"),
@@ -193,15 +193,15 @@ def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run
     results = workdir / "results"
     assert_study_finished(results)  # one parent, one FINISHED run per fold, nested under it
     killed, expected = store_contents(results), store_contents(uninterrupted / "results")
-    assert sorted(killed) == sorted(expected) == [("fold", "0"), ("fold", "1"), ("fold", "2"),
-                                                  ("parent", None)]
+    assert sorted(killed) == sorted(expected) == [
+        *(("fold", str(fold)) for fold in range(TINY_FOLDS)), ("parent", None)]
     assert {run["status"] for run in killed.values()} == {"FINISHED"}, "RUNNING leftovers"
     assert mlflow_runs(results)[0][0].info.run_id == orphan  # the rerun reused its parent
     for key in expected:
         assert killed[key]["params"] == expected[key]["params"], key
         # Every epoch once, every test and summary metric once, with the same values.
         assert killed[key]["metrics"] == expected[key]["metrics"], key
-    for fold in range(3):
+    for fold in range(TINY_FOLDS):
         assert fold_outputs(workdir, fold)[0] == fold_outputs(uninterrupted, fold)[0]
 
 

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from ferbench.models import REGISTRY
-from tests.conftest import ROOT
+from tests.conftest import ROOT, TINY_FOLDS
 from tests.workflow_helpers import env
 
 
@@ -26,7 +26,7 @@ def check(tmp_path_factory):
     return result, out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     result, out = check
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -34,7 +34,7 @@ def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     assert (out / "table.md").read_text().strip() in result.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_the_table_has_every_models_loop_over_bound_ratio(check):
     result, _ = check
     rows = [line.split(" | ") for line in result.stdout.splitlines()
@@ -47,11 +47,11 @@ def test_the_table_has_every_models_loop_over_bound_ratio(check):
         assert "loop/bound >= 0.9" in row[4]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=6)
 def test_the_tiny_study_and_live_rows_come_from_their_runs(check):
     result, out = check
     study = json.loads((out / "study.jsonl").read_text())
-    assert study["device"] == "cpu" and study["same_folds_as_cpu"] and study["fold_runs"] == 3
+    assert study["device"] == "cpu" and study["same_folds_as_cpu"] and study["fold_runs"] == TINY_FOLDS
     assert {"train", "evaluate", "folds", "report"} <= set(study["stages"])
     assert "| study (cpu) | deep_emotion |" in result.stdout
     live = [json.loads(line) for line in (out / "live.jsonl").read_text().splitlines()]

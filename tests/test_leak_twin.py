@@ -11,7 +11,7 @@ import pytest
 from ferbench import compare, paths
 from ferbench import config as config_mod
 from ferbench.report import build_report
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FOLDS, tiny_config
 from tests.test_report import write_summary
 
 
@@ -30,8 +30,8 @@ def test_a_leak_twin_adds_the_image_level_protocol_and_its_studies(tmp_path):
     assert {k: v for k, v in twin.items() if k != "kind"} == {
         k: v for k, v in honest.items() if k not in ("kind", "leak_twin")}
     assert [(s.protocol, s.model, s.folds) for s in paths.studies(config)] == [
-        ("subject_5fold", "deepfer", 3), ("subject_5fold", "deep_emotion", 3),
-        ("subject_5fold_image_twin", "deepfer", 3), ("subject_5fold_image_twin", "deep_emotion", 3)]
+        (protocol, model, TINY_FOLDS) for protocol in ("subject_5fold", "subject_5fold_image_twin")
+        for model in ("deepfer", "deep_emotion")]
 
 
 def test_validating_a_validated_config_changes_nothing(tmp_path):

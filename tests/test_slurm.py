@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (apt_install_or_skip, assert_study_finished, env,
                                     mlflow_runs, run_snakemake, write_config)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=5)
 
 PACKAGES = ("slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge")
 TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "scontrol")
@@ -230,11 +230,11 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, tmp_path):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{uri}/health", timeout=2)
     parents, folds = mlflow_runs(tmp_path / "results")
-    assert len(parents) == 1 and len(folds) == 3
+    assert len(parents) == 1 and len(folds) == TINY_FOLDS
     jobs = finished_jobs()
     rules = [re.search(r"rule_(\w+?)(_wildcards|$)", job.get("Comment", "")) for job in jobs]
     trained = [job for job, rule in zip(jobs, rules) if rule and rule.group(1) == "train"]
-    assert len(trained) == 3, [job.get("Comment") for job in jobs]
+    assert len(trained) == TINY_FOLDS, [job.get("Comment") for job in jobs]
     # The download and the aggregations ran on the submitting host (the Snakefile's
     # localrules), and their outputs are there all the same (assert_study_finished).
     queued = {rule.group(1) for rule in rules if rule}

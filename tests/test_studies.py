@@ -37,7 +37,7 @@ def test_a_study_file_validates_and_names_datasets_after_adapters(path):
     assert "hog_svm" in models  # the anchor every deep model must beat
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=1)
 @pytest.mark.parametrize("name", ["jaffe", "ckplus48"])
 def test_a_copy_is_pointed_at_from_the_command_line(tmp_path, name):
     """`--config "datasets={NAME: {path: ...}}" results=...` is all a user edits: the DAG

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from ferbench import tracking
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (env, mlflow_runs, render_in_chromium, run_snakemake,
                                     write_config)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(minutes=6)
 RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "summarize",
          "report")
 
@@ -40,12 +40,12 @@ def test_every_stage_produced_its_artifacts(tiny_runs):
     study = results / "synthetic" / "subject_5fold"
     assert (results / "synthetic" / "manifest.csv").exists()
     assert (results / "synthetic" / "faces" / "faces.npy").exists()
-    assert len(list((study / "augment").glob("fold*.npy"))) == 3
-    for fold in range(3):
+    assert len(list((study / "augment").glob("fold*.npy"))) == TINY_FOLDS
+    for fold in range(TINY_FOLDS):
         assert (study / "deep_emotion" / f"fold{fold}" / "model.pt").exists()
         assert not (study / "deep_emotion" / f"fold{fold}" / "checkpoint.pt").exists()
     summary = json.loads((study / "deep_emotion" / "summary.json").read_text())
-    assert len(summary["folds"]) == 3 and summary["subject_independent"] is True
+    assert len(summary["folds"]) == TINY_FOLDS and summary["subject_independent"] is True
     html = (results / "report.html").read_text()
     assert "deep_emotion" in html and "data:image/png;base64" in html
     metrics = json.loads((results / "metrics.json").read_text())
@@ -67,7 +67,7 @@ def test_same_config_and_seed_give_identical_folds_and_metrics(tiny_runs):
     first, second = tiny_runs
     study = Path("synthetic") / "subject_5fold"
     assert (first / study / "folds.csv").read_bytes() == (second / study / "folds.csv").read_bytes()
-    for fold in range(3):
+    for fold in range(TINY_FOLDS):
         a = (first / study / "augment" / f"fold{fold}.npy").read_bytes()
         assert a == (second / study / "augment" / f"fold{fold}.npy").read_bytes()
         ma, mb = (json.loads((r / study / "deep_emotion" / f"fold{fold}" / "metrics.json")
@@ -85,7 +85,7 @@ def test_mlflow_holds_one_nested_run_per_fold(tiny_runs):
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]
     children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "fold"]
-    assert len(parents) == 1 and len(children) == 3
+    assert len(parents) == 1 and len(children) == TINY_FOLDS
     parent = parents[0]
     summary = json.loads((results / "synthetic/subject_5fold/deep_emotion/summary.json").read_text())
     assert parent.data.metrics["accuracy_mean"] == pytest.approx(summary["accuracy_mean"])
@@ -107,7 +107,7 @@ def test_a_study_without_models_trains_the_paper_defaults_under_its_own_block(ti
     _, folds = mlflow_runs(tiny_runs[1])
     study_block = tiny_config(Path("results"))["models"]["deep_emotion"]
     expected = {**get("deep_emotion").hyperparameters(), **study_block}
-    assert len(folds) == 3
+    assert len(folds) == TINY_FOLDS
     for run in folds:
         for key, value in expected.items():
             assert run.data.params[key] == str(value), key

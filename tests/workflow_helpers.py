@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import MLFLOW_STORE_VARIABLES, ROOT
+from tests.conftest import MLFLOW_STORE_VARIABLES, ROOT, TINY_FOLDS
 
 BIN = Path(sys.executable).parent
 
@@ -73,7 +73,7 @@ def mlflow_runs(results: Path) -> tuple[list, list]:
             [r for r, role in zip(runs, roles) if role == "fold"])
 
 
-def assert_study_finished(results: Path, model: str = "deep_emotion", folds: int = 3,
+def assert_study_finished(results: Path, model: str = "deep_emotion", folds: int = TINY_FOLDS,
                           study: str = "synthetic/subject_5fold") -> None:
     """What a finished tiny study leaves however it was executed (locally, on SLURM, after a
     kill): each fold's model and metrics, the summary and report, and exactly one FINISHED
