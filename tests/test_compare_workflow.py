@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import tiny_config
 from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
 
-pytestmark = pytest.mark.slow(minutes=4)
+pytestmark = pytest.mark.slow(minutes=5)
 
 
 @pytest.fixture(scope="module")

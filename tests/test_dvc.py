@@ -18,7 +18,7 @@ from ferbench import dvcgen
 from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import BIN, STUDY_FILE, env, write_config
 
-pytestmark = pytest.mark.slow(minutes=6)
+pytestmark = pytest.mark.slow(minutes=5)
 
 
 def run(cmd, cwd, timeout=900):

@@ -26,7 +26,7 @@ def check(tmp_path_factory):
     return result, out
 
 
-@pytest.mark.slow(minutes=6)
+@pytest.mark.slow(minutes=4)
 def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     result, out = check
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -34,7 +34,7 @@ def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     assert (out / "table.md").read_text().strip() in result.stdout
 
 
-@pytest.mark.slow(minutes=6)
+@pytest.mark.slow(minutes=4)
 def test_the_table_has_every_models_loop_over_bound_ratio(check):
     result, _ = check
     rows = [line.split(" | ") for line in result.stdout.splitlines()
@@ -47,7 +47,7 @@ def test_the_table_has_every_models_loop_over_bound_ratio(check):
         assert "loop/bound >= 0.9" in row[4]
 
 
-@pytest.mark.slow(minutes=6)
+@pytest.mark.slow(minutes=4)
 def test_the_tiny_study_and_live_rows_come_from_their_runs(check):
     result, out = check
     study = json.loads((out / "study.jsonl").read_text())

@@ -365,7 +365,7 @@ def test_an_evaluation_only_model_neither_trains_nor_pretrains():
     assert EVALUATED.hyperparameters({"epochs": 0})["epochs"] == 0
 
 
-@pytest.mark.slow(minutes=4)
+@pytest.mark.slow(minutes=3)
 def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_path):
     """Through the real Snakemake run, unchanged downstream: the training job trains nothing
     and records its start, evaluate/explain/report treat the model like any other."""

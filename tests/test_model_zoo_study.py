@@ -13,7 +13,7 @@ import torch
 from tests.conftest import tiny_config
 from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
 
-pytestmark = pytest.mark.slow(minutes=11)
+pytestmark = pytest.mark.slow(minutes=14)
 
 #: E2-Capsnet Table 1's ablation, DAM-CNN's steps and MobileNet-CL, at sizes a CPU trains in
 #: seconds (the capsule variants need a 2x2 VGG output: 64 px).

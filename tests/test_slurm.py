@@ -27,7 +27,7 @@ from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (apt_install_or_skip, assert_study_finished, env,
                                     mlflow_runs, run_snakemake, write_config)
 
-pytestmark = pytest.mark.slow(minutes=5)
+pytestmark = pytest.mark.slow(minutes=6)
 
 PACKAGES = ("slurm-wlm", "slurmctld", "slurmd", "slurm-client", "munge")
 TOOLS = ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "sinfo", "scontrol")
@@ -217,8 +217,11 @@ def test_tiny_study_through_the_slurm_profile(slurm_cluster, tmp_path):
     started = time.perf_counter()
     write_config(tmp_path, tiny_config(Path("results")))
     profile = cluster_profile(tmp_path / "profile")
+    # Status checks every 2 s, not the profile's 10: on this one-node cluster a finished job
+    # otherwise waits up to 10 s to be seen, and the tiny study is a chain of short jobs.
     run_snakemake(tmp_path, "--profile", str(profile), "--slurm-status-command", "squeue",
-                  "--slurm-init-seconds-before-status-checks", "2", timeout=1500)
+                  "--slurm-init-seconds-before-status-checks", "2",
+                  "--seconds-between-status-checks", "2", timeout=1500)
     print(f"\nSLURM run of the tiny study: {time.perf_counter() - started:.0f} s")
 
     assert_study_finished(tmp_path / "results")

@@ -14,7 +14,7 @@ from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (env, mlflow_runs, render_in_chromium, run_snakemake,
                                     write_config)
 
-pytestmark = pytest.mark.slow(minutes=6)
+pytestmark = pytest.mark.slow(minutes=5)
 RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "summarize",
          "report")
 
