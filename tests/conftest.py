@@ -50,9 +50,9 @@ def tiny_config(results: Path, **overrides) -> dict:
 def pytest_collection_modifyitems(items):
     """Test files run longest first, by the `minutes` their `slow` marker declares (about
     what the file takes on CI's 2 cores). `make test` keeps this order (pytest-xdist's
-    --no-loadscope-reorder) and hands each of its two processes the next file as it frees
-    up; xdist's own order, most tests first, left the long studies, few tests each, for last,
-    where one process ran the final study alone."""
+    --no-loadscope-reorder), and each of its two processes is handed the next file as its
+    own runs low. xdist's own order, most tests first, left the long studies (few tests
+    each) for last, where one process ran the final study alone."""
     minutes: dict[Path, float] = {}
     for item in items:
         marker = item.get_closest_marker("slow")

@@ -106,13 +106,15 @@ def test_dvc_plots_render_training_curves_and_the_confusion_matrix(project):
         lines = {}  # "fold0/history.csv::val_acc" -> its epochs
         for value in values:
             lines.setdefault(value["filename::field"], []).append(int(value["epoch"]))
-        assert set(lines) == {f"fold{k}/history.csv::{c}" for k in range(TINY_FOLDS) for c in columns}
+        assert set(lines) == {f"fold{k}/history.csv::{c}"
+                              for k in range(TINY_FOLDS) for c in columns}
         assert all(epochs == [1, 2] for epochs in lines.values()), lines  # tiny: 2 epochs
     confusion = plots[f"{study}/confusion"][0]["content"]["data"]["values"]
     tested = sum(len(pd.read_csv(project / f"results/{study}/fold{k}/predictions.csv"))
                  for k in range(TINY_FOLDS))
     assert len(confusion) == tested and {"label", "predicted"} <= set(confusion[0])
-    assert {v["filename"] for v in confusion} == {f"fold{k}/predictions.csv" for k in range(TINY_FOLDS)}
+    assert {v["filename"] for v in confusion} == {f"fold{k}/predictions.csv"
+                                                  for k in range(TINY_FOLDS)}
     run([str(BIN / "dvc"), "plots", "show", "-o", "plots"], project)
     assert "vega" in (project / "plots" / "index.html").read_text()
 

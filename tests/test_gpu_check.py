@@ -16,6 +16,9 @@ from ferbench.models import REGISTRY
 from tests.conftest import ROOT, TINY_FOLDS
 from tests.workflow_helpers import env
 
+#: The script's tests share one run of it (the `check` fixture): the file's minutes.
+SLOW = pytest.mark.slow(minutes=4)
+
 
 @pytest.fixture(scope="module")
 def check(tmp_path_factory):
@@ -26,7 +29,7 @@ def check(tmp_path_factory):
     return result, out
 
 
-@pytest.mark.slow(minutes=4)
+@SLOW
 def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     result, out = check
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -34,7 +37,7 @@ def test_without_cuda_it_says_the_gpu_run_is_owed_and_exits_0(check):
     assert (out / "table.md").read_text().strip() in result.stdout
 
 
-@pytest.mark.slow(minutes=4)
+@SLOW
 def test_the_table_has_every_models_loop_over_bound_ratio(check):
     result, _ = check
     rows = [line.split(" | ") for line in result.stdout.splitlines()
@@ -47,11 +50,12 @@ def test_the_table_has_every_models_loop_over_bound_ratio(check):
         assert "loop/bound >= 0.9" in row[4]
 
 
-@pytest.mark.slow(minutes=4)
+@SLOW
 def test_the_tiny_study_and_live_rows_come_from_their_runs(check):
     result, out = check
     study = json.loads((out / "study.jsonl").read_text())
-    assert study["device"] == "cpu" and study["same_folds_as_cpu"] and study["fold_runs"] == TINY_FOLDS
+    assert study["device"] == "cpu" and study["same_folds_as_cpu"]
+    assert study["fold_runs"] == TINY_FOLDS
     assert {"train", "evaluate", "folds", "report"} <= set(study["stages"])
     assert "| study (cpu) | deep_emotion |" in result.stdout
     live = [json.loads(line) for line in (out / "live.jsonl").read_text().splitlines()]
