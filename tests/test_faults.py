@@ -85,10 +85,15 @@ def first_checkpoint(workdir: Path) -> Path | None:
 
 
 def trained_not_evaluated(workdir: Path) -> Path | None:
-    """A fold whose training job has written everything and whose evaluation has not."""
-    for folder in sorted((workdir / STUDY).glob("deep_emotion/fold*")):
-        if ((folder / "run.json").is_file() and not (folder / "checkpoint.pt").exists()
-                and not (folder / "metrics.json").exists()):
+    """A fold whose evaluation job has just started (its log is open) and written nothing.
+
+    Snakemake starts it only once the training job has finished and been recorded as
+    complete; a training job's own last lines (run.json written, checkpoint removed) are
+    still inside that job, and a kill there makes the rerun train the fold again."""
+    logs = workdir / "results" / "logs" / "evaluate" / STUDY.relative_to("results")
+    for log in sorted(logs.glob("deep_emotion/fold*.log")):
+        folder = workdir / STUDY / "deep_emotion" / log.stem
+        if (folder / "run.json").is_file() and not (folder / "metrics.json").exists():
             return folder
     return None
 
@@ -187,8 +192,11 @@ def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] < EPOCHS
     trained = kill_when(workdir, lambda: trained_not_evaluated(workdir))
     assert not (trained / "metrics.json").exists()
+    trained_at = (trained / "model.pt").stat().st_mtime_ns
     orphan = kill_when(workdir, lambda: running_parent(workdir))
     run_snakemake(workdir, "--rerun-incomplete")
+    # The fold killed between training and evaluation was evaluated, not trained again.
+    assert (trained / "model.pt").stat().st_mtime_ns == trained_at
 
     results = workdir / "results"
     assert_study_finished(results)  # one parent, one FINISHED run per fold, nested under it
