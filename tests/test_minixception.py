@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
@@ -371,10 +372,11 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     and records its start, evaluate/explain/report treat the model like any other."""
     path, _ = keras_file
     config = tiny_config(Path("results"))
-    config["studies"][0]["models"] = ["minixception", "minixception_probe"]
+    config["studies"][0]["models"] = ["minixception", "minixception_probe", "minixception_ft"]
     start_file = {"init_from": str(path), "init_sha256": sha256sum(path)}
     config["models"] = {"minixception": start_file,
-                        "minixception_probe": {**start_file, "c_grid": [0.01, 1.0]}}
+                        "minixception_probe": {**start_file, "c_grid": [0.01, 1.0]},
+                        "minixception_ft": {**start_file, "epochs": 1, "keep_start": True}}
     workdir = tmp_path / "study"
     write_config(workdir, config)
     run_snakemake(workdir)
@@ -392,7 +394,7 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     _, folds = mlflow_runs(results)
     evaluated = [r for r in folds if r.data.params["model"] == "minixception"]
     assert len(evaluated) == TINY_FOLDS and all(r.data.params["start"] == start for r in evaluated)
-    assert len(folds) == 2 * TINY_FOLDS and all(r.info.status == "FINISHED" for r in folds)
+    assert len(folds) == 3 * TINY_FOLDS and all(r.info.status == "FINISHED" for r in folds)
     # The linear probe: one closed-form "epoch" per C, its start the frozen FER2013 trunk.
     probe = study.parent / "minixception_probe"
     for fold in range(TINY_FOLDS):
@@ -401,3 +403,19 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     for template in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE):
         for summary in (study / "summary.json", probe / "summary.json"):
             assert paths.beside_summary(template, summary).is_file()
+    # Fine-tuned with `keep_start`: the start is epoch 0 of its history and of MLflow's, and
+    # one epoch of training follows it.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    tuned = study.parent / "minixception_ft"
+    for run in (r for r in folds if r.data.params["model"] == "minixception_ft"):
+        fold = tuned / f"fold{run.data.params['fold']}"
+        history = pd.read_csv(fold / "history.csv")
+        assert list(history["epoch"]) == [0, 1] and pd.isna(history.loc[0, "train_loss"])
+        metrics = json.loads((fold / "metrics.json").read_text())
+        assert metrics["epochs_run"] == 1 and metrics["best_epoch"] in (0, 1)
+        logged = client.get_metric_history(run.info.run_id, "val_acc")
+        assert sorted((m.step, round(m.value, 6)) for m in logged) == \
+            [(0, round(history["val_acc"][0], 6)), (1, round(history["val_acc"][1], 6))]
+        assert run.data.params["keep_start"] == "True"

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -344,3 +345,50 @@ def test_schema_takes_test_flip_as_a_boolean(tmp_path):
     raw["models"]["deep_emotion"]["test_flip"] = "yes"
     with pytest.raises(config_mod.ConfigError, match="models.deep_emotion.test_flip"):
         config_mod.validate(raw)
+
+
+def test_keep_start_keeps_the_start_weights_unless_an_epoch_beats_them(tmp_path, one_thread):
+    """`keep_start` makes the start weights epoch 0, the first candidate of model selection.
+    A start that tells the validation faces apart, then trained on swapped labels: only with
+    `keep_start` does the run keep the start. From a random start an epoch still wins."""
+    def three_tones(n, seed):  # balanced, unlike tiny_split: one class is not 75% right
+        rng = np.random.default_rng(seed)
+        targets = np.arange(n) % 3
+        images = (rng.integers(0, 60, (n, 24, 24)) + targets[:, None, None] * 60)
+        return train.Split.from_arrays(images.astype(np.uint8), targets, 24)
+
+    spec, cpu = get("deep_emotion"), torch.device("cpu")
+    faces, val = three_tones(48, 0), three_tones(24, 1)
+    swapped = three_tones(48, 0)
+    swapped.targets = (swapped.targets + 1) % 3
+
+    def fit(folder, train_split, start=None, epochs=3, **recipe):
+        torch.manual_seed(0)
+        hp = spec.hyperparameters({"input_size": 24, "epochs": epochs, "patience": 99,
+                                   "batch_size": 16, "lr": 0.01, **recipe})
+        model = spec.build(3, hp)
+        if start is not None:
+            model.load_state_dict(start)
+        (tmp_path / folder).mkdir()
+        return train.fit(model, hp, train_split, val, tmp_path / folder / "ckpt.pt", seed=0,
+                         device=cpu, progress=False, fingerprint="f")
+
+    _, start, _, _ = fit("start", faces, epochs=6)  # val_acc 1.0 by epoch 5
+    probe = spec.build(3, spec.hyperparameters({"input_size": 24}))
+    probe.load_state_dict(start)
+    start_loss, start_acc = train.evaluate_loss(probe, val, cpu)
+
+    kept, kept_state, kept_epoch, _ = fit("kept", swapped, start, keep_start=True)
+    assert kept_epoch == 0 and all(torch.equal(kept_state[k], start[k]) for k in start)
+    assert list(kept["epoch"]) == [0, 1, 2, 3]
+    assert kept.loc[0, ["val_loss", "val_acc"]].tolist() == pytest.approx([start_loss,
+                                                                          start_acc])
+    assert kept.loc[0, ["train_loss", "train_acc", "lr"]].isna().all()
+    assert kept["val_acc"][1:].max() < start_acc  # every epoch lost to the start
+    lost, _, lost_epoch, _ = fit("lost", swapped, start)
+    assert lost_epoch >= 1 and list(lost["epoch"]) == [1, 2, 3]
+    pd.testing.assert_frame_equal(lost.drop(columns="seconds"),
+                                  kept[1:].drop(columns="seconds").reset_index(drop=True))
+
+    _, _, scratch_epoch, _ = fit("scratch", faces, keep_start=True)
+    assert scratch_epoch >= 1

@@ -36,6 +36,11 @@ TRAINING_DEFAULTS = {
     # epoch (or C) kept is the one that predicts best as tested. Off in the papers; ours
     # where a study says so.
     "test_flip": False,
+    # Model selection, not training: the start weights are scored on validation before the
+    # first epoch (epoch 0 of the history) and kept unless an epoch beats them. For
+    # fine-tuning on the faces a start was trained on (FER2013's mini-Xception on FER2013's
+    # Training split), where more epochs may only lose what the start had.
+    "keep_start": False,
 }
 
 PRESETS: dict[str, dict] = {

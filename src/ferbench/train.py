@@ -439,7 +439,9 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
     matches, so a changed config never continues a stale run. Returns (history DataFrame,
     best state_dict, best epoch, extra) where `extra` is the caller's bookkeeping dict,
     persisted in the checkpoint (e.g. the MLflow run id). With `epochs` 0 (an evaluation-only
-    model) nothing trains: no epochs, and the best state is the start weights.
+    model) nothing trains: no epochs, and the best state is the start weights. With
+    `keep_start` the start weights are epoch 0: scored on validation first, the first
+    candidate every epoch must beat (its history row has no training columns).
     """
     if hp["epochs"] == 0:
         return (pd.DataFrame(columns=HISTORY_COLUMNS), _cpu_state(model), 0,
@@ -462,6 +464,15 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
               flush=True)
     model.prepare(train.images, train.targets, train.groups,  # after a resume too: not saved
                   train.sequences)
+    if hp.get("keep_start") and state["best_key"] is None:
+        start = time.perf_counter()
+        val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast,
+                                          flip=hp.get("test_flip", False))
+        state["start_row"] = {"epoch": 0, "val_loss": val_loss, "val_acc": val_acc,
+                              "seconds": round(time.perf_counter() - start, 3)}
+        state.update(best_key=(val_acc, -val_loss), best_state=_cpu_state(model))
+        if on_epoch:
+            on_epoch(state["start_row"], state["extra"])
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
                disable=not progress)
     while state["epoch"] < hp["epochs"] and state["since_best"] < hp["patience"]:
@@ -491,7 +502,8 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
         bar.update(1)
         bar.set_postfix(val_acc=f"{val_acc:.3f}", loss=f"{train_loss:.3f}")
     bar.close()
-    history = pd.DataFrame(state["history"])
+    rows = [state["start_row"]] if "start_row" in state else []
+    history = pd.DataFrame(rows + state["history"], columns=list(HISTORY_COLUMNS))
     return history, state["best_state"], state["best_epoch"], state["extra"]
 
 
