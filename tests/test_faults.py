@@ -33,8 +33,8 @@ import torch
 
 from ferbench import tracking
 from tests.conftest import TINY_FOLDS, tiny_config
-from tests.workflow_helpers import (assert_study_finished, env, mlflow_runs, run_snakemake,
-                                    snakemake_command, write_config)
+from tests.workflow_helpers import (assert_study_finished, env, mlflow_client, mlflow_runs,
+                                    run_snakemake, snakemake_command, write_config)
 
 pytestmark = pytest.mark.slow(minutes=13)
 STUDY = Path("results") / "synthetic" / "subject_5fold"
@@ -120,9 +120,7 @@ def store_contents(results: Path) -> dict:
     """Every run of the store by (role, fold): status, params and each metric's full history
     as (step, value) pairs; wall-clock values (`seconds`, MLflow's `system/` metrics) and the
     ids that name runs differ between stores and are left out."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    client = mlflow_client(results)
     experiment = client.get_experiment_by_name("ferbench")
     contents = {}
     for run in client.search_runs([experiment.experiment_id]):
@@ -240,9 +238,7 @@ def test_parallel_fold_jobs_log_every_run_exactly_once(uninterrupted):
     assert_study_finished(results)
     parents, children = mlflow_runs(results)
     assert len(parents) + len(children) == 1 + TINY_FOLDS
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    client = mlflow_client(results)
     spans = []
     for child in children:
         steps = client.get_metric_history(child.info.run_id, "val_acc")

@@ -19,7 +19,7 @@ from ferbench.data.download import sha256sum
 from ferbench.data.manifest import CANONICAL_LABELS
 from ferbench.models import get, minixception
 from tests.conftest import TINY_FOLDS, tiny_config
-from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
+from tests.workflow_helpers import mlflow_client, mlflow_runs, run_snakemake, write_config
 
 EVALUATED, FINE_TUNED = get("minixception"), get("minixception_ft")
 PROBE = get("minixception_probe")
@@ -405,9 +405,7 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
             assert paths.beside_summary(template, summary).is_file()
     # Fine-tuned with `keep_start`: the start is epoch 0 of its history and of MLflow's, and
     # one epoch of training follows it.
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    client = mlflow_client(results)
     tuned = study.parent / "minixception_ft"
     for run in (r for r in folds if r.data.params["model"] == "minixception_ft"):
         fold = tuned / f"fold{run.data.params['fold']}"

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_config
-from tests.workflow_helpers import mlflow_runs, run_snakemake, write_config
+from tests.workflow_helpers import mlflow_client, mlflow_runs, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow(minutes=14)
 
@@ -155,9 +155,7 @@ def test_stage_two_starts_from_the_pretraining_stage(zoo_study):
 def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_study):
     results, _ = zoo_study
     _, children = mlflow_runs(results)
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    client = mlflow_client(results)
     baseline = [run for run in children if run.data.params["model"] == "hog_svm"]
     assert len(baseline) == FOLDS and all(r.info.status == "FINISHED" for r in baseline)
     for run in baseline:  # one logged "epoch" per C tried, on validation and 2 inner folds

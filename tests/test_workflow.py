@@ -11,8 +11,8 @@ import pytest
 
 from ferbench import tracking
 from tests.conftest import ROOT, TINY_FOLDS, tiny_config
-from tests.workflow_helpers import (env, mlflow_runs, render_in_chromium, run_snakemake,
-                                    write_config)
+from tests.workflow_helpers import (env, mlflow_client, mlflow_runs, render_in_chromium,
+                                    run_snakemake, write_config)
 
 pytestmark = pytest.mark.slow(minutes=5)
 RULES = ("fetch", "ingest", "faces", "folds", "augment", "train", "evaluate", "summarize",
@@ -77,10 +77,8 @@ def test_same_config_and_seed_give_identical_folds_and_metrics(tiny_runs):
 
 
 def test_mlflow_holds_one_nested_run_per_fold(tiny_runs):
-    from mlflow.tracking import MlflowClient
-
     results = tiny_runs[0]
-    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    client = mlflow_client(results)
     experiment = client.get_experiment_by_name("ferbench")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "parent"]

@@ -58,13 +58,18 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return result
 
 
-def mlflow_runs(results: Path) -> tuple[list, list]:
-    """(parent runs, fold runs) of the `ferbench` experiment in a study's local SQLite store."""
+def mlflow_client(results: Path):
+    """A client of a study's local SQLite store (never the process-wide one)."""
     from mlflow.tracking import MlflowClient
 
+    return MlflowClient(tracking_uri=f"sqlite:///{Path(results).resolve() / 'mlflow.db'}")
+
+
+def mlflow_runs(results: Path) -> tuple[list, list]:
+    """(parent runs, fold runs) of the `ferbench` experiment in a study's local SQLite store."""
     from ferbench import tracking
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{Path(results).resolve() / 'mlflow.db'}")
+    client = mlflow_client(results)
     experiment = client.get_experiment_by_name("ferbench")
     runs = client.search_runs([experiment.experiment_id])
     roles = [run.data.tags.get(tracking.ROLE_TAG) for run in runs]

@@ -322,7 +322,8 @@ def train_fold(study: dict, fold: int, paths: dict, config: dict, hyperparameter
                {"dataset": study["dataset"], "protocol": study["protocol"], "fold": fold})
     history.to_csv(paths["history"], index=False, lineterminator="\n", float_format="%.6f")
     info = {"run_id": run_id, "tracking_uri": tracker.uri, "best_epoch": best_epoch,
-            "epochs_run": int((history["epoch"] > 0).sum()), "n_train": len(train_split), "n_val": len(val_split)}
+            "epochs_run": int((history["epoch"] > 0).sum()),  # epoch 0: a kept start
+            "n_train": len(train_split), "n_val": len(val_split)}
     write_json(paths["run"], info)
     train_mod.remove_checkpoint(checkpoint)  # only unfinished jobs keep these
     return info

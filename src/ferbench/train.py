@@ -464,13 +464,26 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
               flush=True)
     model.prepare(train.images, train.targets, train.groups,  # after a resume too: not saved
                   train.sequences)
+
+    def validate() -> tuple[float, float]:
+        return evaluate_loss(model, val, device, autocast=autocast,
+                             flip=hp.get("test_flip", False))
+
+    def select(epoch: int, val_loss: float, val_acc: float) -> None:
+        """Keep the weights if they beat every earlier candidate on validation."""
+        key = (val_acc, -val_loss)
+        if state["best_key"] is None or key > state["best_key"]:
+            state.update(best_key=key, best_epoch=epoch, since_best=0,
+                         best_state=_cpu_state(model))
+        else:
+            state["since_best"] += 1
+
     if hp.get("keep_start") and state["best_key"] is None:
         start = time.perf_counter()
-        val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast,
-                                          flip=hp.get("test_flip", False))
+        val_loss, val_acc = validate()
         state["start_row"] = {"epoch": 0, "val_loss": val_loss, "val_acc": val_acc,
                               "seconds": round(time.perf_counter() - start, 3)}
-        state.update(best_key=(val_acc, -val_loss), best_state=_cpu_state(model))
+        select(0, val_loss, val_acc)
         if on_epoch:
             on_epoch(state["start_row"], state["extra"])
     bar = tqdm(total=hp["epochs"], initial=state["epoch"], desc="epochs", unit="ep",
@@ -482,18 +495,12 @@ def fit(model: torch.nn.Module, hp: dict, train: Split, val: Split, checkpoint: 
             group["lr"] = scheduled_lr(hp, epoch, state["history"])
         train_loss, train_acc = _train_epoch(model, optimizer, hp, train, device, seed, epoch,
                                              autocast)
-        val_loss, val_acc = evaluate_loss(model, val, device, autocast=autocast,
-                                          flip=hp.get("test_flip", False))
+        val_loss, val_acc = validate()
         row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
                "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - start, 3)}
         state["history"].append(row)
-        key = (val_acc, -val_loss)
-        if state["best_key"] is None or key > state["best_key"]:
-            state.update(best_key=key, best_epoch=epoch, since_best=0,
-                         best_state=_cpu_state(model))
-        else:
-            state["since_best"] += 1
+        select(epoch, val_loss, val_acc)
         state["epoch"] = epoch
         if on_epoch:  # before the checkpoint: a kill in between re-logs the same values
             on_epoch(row, state["extra"])
