@@ -423,7 +423,9 @@ def trained_and_tested(paths: dict, fold: int, config: dict, threads: int):
 
 
 def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: int = 1) -> dict:
-    """Test-set metrics of one fold; closes the fold's MLflow run with metrics and artifacts."""
+    """Test-set metrics and predictions of one fold, from its files alone. The study's
+    summary logs them into the fold's MLflow run (close_fold_run): MLflow's imports and
+    store cost a job about as much as a small model's whole evaluation."""
     from ferbench import train as train_mod
 
     model, saved, test_split, test_rows, device = trained_and_tested(paths, fold, config,
@@ -446,38 +448,7 @@ def evaluate_fold(study: dict, fold: int, paths: dict, config: dict, threads: in
     for i, label in enumerate(saved["labels"]):
         out[f"p_{label}"] = probs[:, i].numpy().round(6) if len(probs) else []
     out.to_csv(paths["predictions"], index=False, lineterminator="\n")
-
-    tracker = _tracker(config)
-    run_id = info["run_id"]
-    tracker.log_new_metrics(run_id, {"test_accuracy": metrics["accuracy"],
-                                     "test_macro_f1": metrics["macro_f1"],
-                                     **{f"test_f1_{k}": v["f1"]
-                                        for k, v in metrics["per_class"].items()}})
-    for key in ("metrics", "predictions", "history"):
-        tracker.log_artifact(run_id, paths[key])
-    if config["mlflow"]["log_models"]:
-        log_mlflow_model(tracker, run_id, paths["model"])
-    tracker.finish(run_id)
     return metrics
-
-
-def log_mlflow_model(tracker: tracking.Tracker, run_id: str, path) -> str | None:
-    """A fold's model.pt as the run's MLflow model (Tracker.log_model), exported on the CPU
-    with an input example of two face tensors (two: the batch size stays free), or None for
-    a model whose features are computed in numpy (the HOG + SVM anchor's), which
-    torch.export cannot trace."""
-    from ferbench import models
-
-    network, saved = load_model(path)
-    spec = models.get(saved["model"])
-    if not network.traceable:
-        print(f"{saved['model']} is not logged as an MLflow model: torch.export cannot trace "
-              "its numpy features (model.pt stays the way to use it)", flush=True)
-        return None
-    side, channels = saved["input_size"], 1 + len(spec.extra_channels)
-    example = np.random.default_rng(0).uniform(-1, 1, (2, channels, side, side))
-    record = {k: v for k, v in saved.items() if k != "state_dict"}
-    return tracker.log_model(run_id, network, record, example.astype(np.float32))
 
 
 # -- 6b. explain -----------------------------------------------------------------------------
@@ -512,13 +483,51 @@ def explain_fold(study: dict, fold: int, paths: dict, config: dict, threads: int
 
 # -- 7. summarise ----------------------------------------------------------------------------
 
-def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_path,
+def close_fold_run(tracker: tracking.Tracker, metrics: dict, paths: dict,
+                   log_model: bool) -> None:
+    """Close a fold's MLflow run: its test metrics, its metrics, predictions and history
+    files, its MLflow model (`log_model`) and status FINISHED. What a rerun after a kill
+    finds already logged is not logged again."""
+    run_id = metrics["run_id"]
+    tracker.log_new_metrics(run_id, {"test_accuracy": metrics["accuracy"],
+                                     "test_macro_f1": metrics["macro_f1"],
+                                     **{f"test_f1_{k}": v["f1"]
+                                        for k, v in metrics["per_class"].items()}})
+    for key in ("metrics", "predictions", "history"):
+        tracker.log_artifact(run_id, paths[key])
+    if log_model:
+        log_mlflow_model(tracker, run_id, paths["model"])
+    tracker.finish(run_id)
+
+
+def log_mlflow_model(tracker: tracking.Tracker, run_id: str, path) -> str | None:
+    """A fold's model.pt as the run's MLflow model (Tracker.log_model), exported on the CPU
+    with an input example of two face tensors (two: the batch size stays free), or None for
+    a model whose features are computed in numpy (the HOG + SVM anchor's), which
+    torch.export cannot trace."""
+    from ferbench import models
+
+    network, saved = load_model(path)
+    spec = models.get(saved["model"])
+    if not network.traceable:
+        print(f"{saved['model']} is not logged as an MLflow model: torch.export cannot trace "
+              "its numpy features (model.pt stays the way to use it)", flush=True)
+        return None
+    side, channels = saved["input_size"], 1 + len(spec.extra_channels)
+    example = np.random.default_rng(0).uniform(-1, 1, (2, channels, side, side))
+    record = {k: v for k, v in saved.items() if k != "state_dict"}
+    return tracker.log_model(run_id, network, record, example.astype(np.float32))
+
+
+def summarize(study: dict, protocol: dict, fold_files: list[dict], folds_path, out_path,
               config: dict) -> dict:
-    """Mean +- std over folds; a parent MLflow run that the fold runs are nested under.
+    """Mean +- std over folds; closes each fold's MLflow run (close_fold_run) and nests
+    them under one parent run. `fold_files` holds each fold's metrics, predictions, history
+    and model paths.
 
     The fold table says whether the data names real people, which decides whether the
     protocol is subject-independent."""
-    folds = [read_json(p) for p in metrics_paths]
+    folds = [read_json(files["metrics"]) for files in fold_files]
     acc_mean, acc_std = evaluate.mean_std([m["accuracy"] for m in folds])
     f1_mean, f1_std = evaluate.mean_std([m["macro_f1"] for m in folds])
     identities = bool(read_folds(folds_path)["identities"].all())
@@ -532,16 +541,18 @@ def summarize(study: dict, protocol: dict, metrics_paths: list, folds_path, out_
         "accuracy_mean": acc_mean, "accuracy_std": acc_std,
         "macro_f1_mean": f1_mean, "macro_f1_std": f1_std,
         "folds": [{"fold": m["fold"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                   "metrics": str(Path(p).relative_to(out_dir)),
-                   "history": str((Path(p).parent / "history.csv").relative_to(out_dir)),
+                   "metrics": str(Path(files["metrics"]).relative_to(out_dir)),
+                   "history": str(Path(files["history"]).relative_to(out_dir)),
                    "n_train": m["n_train"], "n_val": m["n_val"], "n_test": m["n_test"],
                    "best_epoch": m["best_epoch"]}
-                  for m, p in zip(folds, metrics_paths)],
+                  for m, files in zip(folds, fold_files)],
         "confusion": np.sum([m["confusion"] for m in folds], axis=0).tolist(),
         # Every fold of a study trains on one recipe (ferbench.config.recipe).
         "recipe": folds[0]["recipe"], "start": folds[0]["start"],
     }
     tracker = _tracker(config)
+    for metrics, files in zip(folds, fold_files):
+        close_fold_run(tracker, metrics, files, config["mlflow"]["log_models"])
     # One parent per study and config: a rerun (after a kill, or of this rule) reuses it.
     parent = tracker.open_run(f"{study['model']} on {study['dataset']}/{study['protocol']}",
                               {**study_tags(study), tracking.ROLE_TAG: "parent",

@@ -76,6 +76,14 @@ def fold_numbers(protocol):
     return range(splits.fold_count(config["protocols"][protocol]))
 
 
+def each_fold(template, wildcards, **fixed):
+    """`template` filled for every fold of the wildcards' protocol, in fold order."""
+    return [
+        path(template, **{**dict(wildcards.items()), **fixed, "fold": k})
+        for k in fold_numbers(wildcards.protocol)
+    ]
+
+
 def report_outputs():
     return [path(paths.REPORT), path(paths.STUDY_METRICS)]
 
@@ -107,15 +115,9 @@ def compared_summaries(wildcards):
 def compared_predictions(wildcards):
     """Every fold's test predictions of every compared model, model by model."""
     return [
-        path(
-            paths.PREDICTIONS,
-            dataset=wildcards.dataset,
-            protocol=wildcards.protocol,
-            model=m,
-            fold=k,
-        )
+        predictions
         for m in compared_models(wildcards)
-        for k in fold_numbers(wildcards.protocol)
+        for predictions in each_fold(paths.PREDICTIONS, wildcards, model=m)
     ]
 
 

@@ -1,5 +1,5 @@
 rule evaluate:
-    """Test-set metrics of one fold; closes its MLflow run with metrics and artifacts."""
+    """Test-set metrics and predictions of one fold (summarize logs them to MLflow)."""
     input:
         unpack(evaluate_extras),
         faces=tested_faces_array,
@@ -25,13 +25,13 @@ rule evaluate:
 
 
 rule summarize:
-    """Mean and std over folds, and the parent MLflow run the fold runs nest under."""
+    """Mean and std over folds; closes the fold MLflow runs with their test metrics and
+    files, under one parent run."""
     input:
-        metrics=lambda wildcards: expand(
-            path(paths.METRICS),
-            fold=fold_numbers(wildcards.protocol),
-            allow_missing=True,
-        ),
+        metrics=lambda wildcards: each_fold(paths.METRICS, wildcards),
+        predictions=lambda wildcards: each_fold(paths.PREDICTIONS, wildcards),
+        histories=lambda wildcards: each_fold(paths.HISTORY, wildcards),
+        models=lambda wildcards: each_fold(paths.MODEL, wildcards),
         folds=path(paths.FOLDS),
     output:
         path(paths.SUMMARY),

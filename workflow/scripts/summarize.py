@@ -5,7 +5,15 @@ with logged(snakemake):
     summary = jobs.summarize(
         study(snakemake.wildcards),
         snakemake.params.protocol,
-        list(snakemake.input.metrics),
+        [
+            {"metrics": m, "predictions": p, "history": h, "model": model}
+            for m, p, h, model in zip(
+                snakemake.input.metrics,
+                snakemake.input.predictions,
+                snakemake.input.histories,
+                snakemake.input.models,
+            )
+        ],
         snakemake.input.folds,
         snakemake.output[0],
         snakemake.config,
