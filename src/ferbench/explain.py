@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from ferbench import report
+from ferbench import figures
 from ferbench.train import as_input
 
 #: Test faces per class in the attention figure.
@@ -139,7 +139,7 @@ def attention_figure(faces: np.ndarray, maps: dict[str, np.ndarray], face_like: 
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    return report.figure_png(fig)
+    return figures.figure_png(fig)
 
 
 def tsne_figure(embeddings: dict[str, np.ndarray], targets: np.ndarray, labels: list[str]
@@ -159,7 +159,7 @@ def tsne_figure(embeddings: dict[str, np.ndarray], targets: np.ndarray, labels: 
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(names), 8),
                frameon=False)
-    return report.figure_png(fig)
+    return figures.figure_png(fig)
 
 
 def explain(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
@@ -183,7 +183,7 @@ def explain(model: torch.nn.Module, images: torch.Tensor, targets: torch.Tensor,
     titles = [f"{labels[t]}\n(pred. {labels[p]})" for t, p in zip(targets_np[shown], predicted)]
     embedded = evenly_per_class(targets_np, tsne_limit)
     features = representations(model, images[embedded], device)
-    with matplotlib.rc_context(report.RC):
+    with matplotlib.rc_context(figures.RC):
         attention_png = attention_figure(images[shown, 0].numpy() / 255.0, maps,
                                          tuple(getattr(model, "face_like_maps", ())), titles)
         tsne_png = tsne_figure({name: tsne(f, seed) for name, f in features.items()},

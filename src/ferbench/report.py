@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,9 @@ from matplotlib.ticker import MaxNLocator
 
 from ferbench import compare, paths, published
 from ferbench.config import LEAK_TWIN_SUFFIX
+from ferbench.figures import RC, figure_png
 
-DPI = 90
 NA = "n/a"
-# Fixed salt and style so the PNG bytes do not depend on the user's matplotlibrc.
-RC = {"svg.hashsalt": "ferbench", "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8,
-      "xtick.labelsize": 7, "ytick.labelsize": 7, "legend.fontsize": 7}
 
 CSS = """
 body { font-family: Georgia, 'Times New Roman', serif; max-width: 980px; margin: 2em auto;
@@ -107,13 +103,6 @@ def _img(png: bytes, alt: str, caption: str = "") -> Html:
     cap = f"<figcaption>{_text(caption)}</figcaption>" if caption else ""
     return Html(f'<figure><img src="data:image/png;base64,{data}" alt="{_text(alt)}">'
                 f"{cap}</figure>\n")
-
-
-def figure_png(fig: Figure) -> bytes:
-    """Render without the Software/date metadata so equal figures give equal bytes."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
-    return buffer.getvalue()
 
 
 # -- inputs ------------------------------------------------------------------------------------
