@@ -40,25 +40,27 @@ ENSEMBLE = ["vgg16", "hog_svm"]
 ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
 STAGE_LR = (0.01, 0.045)
-FOLDS = 1  # the study's
-DAG_FOLDS = 2  # the DAG test's
 DCGAN = 3  # DCGAN faces per class and fold, for decapsnet
-#: Of the tiny synthetic sets' six identities, two test and one validates; three train.
+#: The study's protocol: of the tiny synthetic sets' six identities, two test and one
+#: validates; three train. One fold.
 HELD_OUT = {"kind": "held_out", "test_subjects": ["id00", "id01"], "val_subjects": ["id02"]}
+FOLDS = 1
+#: The DAG test's: two folds, where an edge from the wrong fold shows.
+DAG_FOLDS = 2
+SUBJECT_FOLDS = {"kind": "subject_kfold", "folds": DAG_FOLDS, "val_fraction": 0.25}
 STUDY = Path("synthetic/zoo")
 
 
-def zoo_config(folds: int = FOLDS) -> dict:
-    """The zoo on protocol `zoo`: one held-out fold, or `folds` subject-grouped folds."""
+def zoo_config(protocol: dict = HELD_OUT) -> dict:
+    """The zoo on protocol `zoo`, the tiny study's own protocol with `protocol`'s keys."""
     config = tiny_config(Path("results"))
     synthetic = config["datasets"]["synthetic"]
     # Other identities (another seed) stand in for FER2013 as the pretraining dataset.
     config["datasets"]["pretrain"] = {**synthetic, "generate": {**synthetic["generate"],
                                                                 "seed": 7}}
-    shared = {k: v for k, v in config["protocols"].pop("subject_5fold").items()
-              if k in ("class_set", "frames")}
-    config["protocols"]["zoo"] = {**shared, **(HELD_OUT if folds == 1 else {
-        "kind": "subject_kfold", "folds": folds, "val_fraction": 0.25})}
+    tiny = config["protocols"].pop("subject_5fold")
+    config["protocols"]["zoo"] = {**{k: v for k, v in tiny.items() if k != "folds"},
+                                  **protocol}
     config["studies"] = [{"dataset": "synthetic", "protocol": "zoo",
                           "models": ZOO,
                           "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]},
@@ -92,7 +94,7 @@ def zoo_study(tmp_path_factory):
 
 
 def test_dag_shows_the_two_step_and_two_stage_edges(tmp_path):
-    write_config(tmp_path, zoo_config(DAG_FOLDS))
+    write_config(tmp_path, zoo_config(SUBJECT_FOLDS))
     edges = dag_edges(run_snakemake(tmp_path, "--dag").stdout)
     # DAM-CNN step 1 -> step 2, once per fold.
     assert edges.count(("train model=vgg_serd", "train model=damcnn")) == DAG_FOLDS
