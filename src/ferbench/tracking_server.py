@@ -22,6 +22,9 @@ from pathlib import Path
 
 #: The server this process started: (process, URI).
 _running: list[tuple[subprocess.Popen, str]] = []
+#: The server only stores runs. MLflow's job runner (huey consumers for its GenAI jobs and
+#: periodic tasks, three more Python processes) would start with it unless turned off.
+SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def wanted(config: dict, local_jobs: bool) -> bool:
@@ -40,13 +43,15 @@ def free_port(host: str) -> int:
 def launch(store: Path, artifacts: Path, host: str, port: int, log, timeout: float = 120,
            env: dict | None = None) -> tuple[subprocess.Popen, str]:
     """`mlflow server` over the SQLite file `store`, in its own process group, once it
-    answers /health: (process, URI). Its output goes to the open file `log`."""
+    answers /health: (process, URI). Its output goes to the open file `log`; `env` is its
+    environment (this process's by default), with SERVER_SETTINGS."""
     uri = f"http://{host}:{port}"
     mlflow = Path(sys.executable).parent / "mlflow"
     process = subprocess.Popen(
         [str(mlflow), "server", "--host", host, "--port", str(port), "--workers", "1",
          "--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", str(artifacts)],
-        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, env={**(env or os.environ), **SERVER_SETTINGS},
+        start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
         try:
