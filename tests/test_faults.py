@@ -7,6 +7,8 @@
     same metrics; (b) a corrupt image is counted, not fatal; parallel fold jobs share one
     SQLite MLflow store without losing or duplicating runs (the uninterrupted reference's folds
     train side by side).
+All three runs start from one copy of the same prepared study (faces detected, one of them
+from a corrupt image, folds and augmented faces made): the faults are in what follows.
 Covered elsewhere, not repeated here: (c) a malformed config stops before any job, naming the
 key (tests/test_workflow.py::test_malformed_config_stops_before_any_job); (d) an archive
 member escaping its folder is refused before anything is written
@@ -21,6 +23,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -36,7 +39,7 @@ from tests.conftest import TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (assert_study_finished, env, mlflow_client, mlflow_runs,
                                     run_snakemake, snakemake_command, write_config)
 
-pytestmark = pytest.mark.slow(minutes=13)
+pytestmark = pytest.mark.slow(minutes=8)
 STUDY = Path("results") / "synthetic" / "subject_5fold"
 EPOCHS = 12
 
@@ -135,25 +138,53 @@ def store_contents(results: Path) -> dict:
     return contents
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    """The long-training study run once without faults: what every killed run must match.
+def corrupt_an_apex_image(raw: Path) -> str:
+    """Overwrite one apex frame (which the protocol trains and tests on, so a face missing
+    there would break the folds) with a PNG header and noise; its manifest name."""
+    manifest = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
+    frames = manifest["frame"].astype(int)
+    broken = manifest["image"][frames == frames.max()].iloc[0]
+    (raw / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(512))
+    return broken
 
-    Its folds train side by side: every fold is prepared first, so that the three training
-    jobs become ready together (otherwise each starts when its fold's augment job ends, and
-    short ones need not overlap), and they share one SQLite MLflow store."""
-    reference = tmp_path_factory.mktemp("uninterrupted")
-    write_config(reference, long_training_config())
-    run_snakemake(reference, "--until", "augment")
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Path, str]:
+    """The long-training study up to its training jobs, one raw image corrupted before face
+    detection: (its working folder, the corrupt image's name). Each run below starts from a
+    copy, Snakemake's records (.snakemake) included, so none of them redoes this part."""
+    workdir = tmp_path_factory.mktemp("prepared")
+    write_config(workdir, long_training_config())
+    raw = workdir / "results" / "synthetic" / "raw"
+    run_snakemake(workdir, str(raw.relative_to(workdir)))
+    broken = corrupt_an_apex_image(raw)
+    # The folds and every fold's augmented faces: the training jobs become ready together.
+    run_snakemake(workdir, "--until", "augment")
+    assert not (workdir / "results" / "mlflow.db").exists()  # each copy starts its own store
+    return workdir, broken
+
+
+def copy_of(prepared: tuple[Path, str], tmp_path_factory, name: str) -> Path:
+    copy = tmp_path_factory.mktemp(name) / "study"
+    shutil.copytree(prepared[0], copy, symlinks=True)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared, tmp_path_factory) -> Path:
+    """The prepared study run to the end without faults: what every killed run must match.
+
+    Its folds train side by side (their training jobs are ready together) and share one
+    SQLite MLflow store."""
+    reference = copy_of(prepared, tmp_path_factory, "uninterrupted")
     run_snakemake(reference, cores=3)
     return reference
 
 
 def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(
-        uninterrupted, tmp_path_factory):
+        prepared, uninterrupted, tmp_path_factory):
     reference = uninterrupted
-    workdir = tmp_path_factory.mktemp("killed")
-    write_config(workdir, long_training_config())
+    workdir = copy_of(prepared, tmp_path_factory, "killed")
     checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
     at_kill = torch.load(checkpoint, weights_only=True)["state"]
     done = at_kill["epoch"]
@@ -182,9 +213,8 @@ def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_ru
 
 
 def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run(
-        uninterrupted, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("killed-thrice")
-    write_config(workdir, long_training_config())
+        prepared, uninterrupted, tmp_path_factory):
+    workdir = copy_of(prepared, tmp_path_factory, "killed-thrice")
 
     checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] < EPOCHS
@@ -211,26 +241,18 @@ def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run
         assert fold_outputs(workdir, fold)[0] == fold_outputs(uninterrupted, fold)[0]
 
 
-def test_a_corrupt_image_is_counted_and_the_study_still_finishes(tmp_path):
-    write_config(tmp_path, tiny_config(Path("results")))
-    raw = tmp_path / "results" / "synthetic" / "raw"
-    run_snakemake(tmp_path, str(raw.relative_to(tmp_path)))
-    manifest = pd.read_csv(raw / "manifest.csv", dtype=str, keep_default_na=False)
-    frames = manifest["frame"].astype(int)
-    broken = manifest["image"][frames == frames.max()].iloc[0]  # an apex frame, which the
-    # protocol trains and tests on, so a face missing here would break the folds
-    (raw / broken).write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(512))
-
-    run_snakemake(tmp_path)
-
-    stats = json.loads((tmp_path / "results" / "synthetic" / "detection.json").read_text())
+def test_a_corrupt_image_is_counted_and_the_study_still_finishes(prepared, uninterrupted):
+    broken = prepared[1]
+    results = uninterrupted / "results"
+    manifest = pd.read_csv(results / "synthetic" / "raw" / "manifest.csv")
+    stats = json.loads((results / "synthetic" / "detection.json").read_text())
     assert stats["corrupt"] == 1 and stats["images"] == len(manifest)
-    faces = pd.read_csv(tmp_path / "results" / "synthetic" / "faces" / "faces.csv",
-                        dtype=str, keep_default_na=False)
+    faces = pd.read_csv(results / "synthetic" / "faces" / "faces.csv", dtype=str,
+                        keep_default_na=False)
     row = faces[faces["image"] == broken]
     assert list(row["outcome"]) == ["corrupt"] and list(row["face_index"]) == ["-1"]
-    assert "corrupt" in (tmp_path / "results" / "report.html").read_text()
-    assert_study_finished(tmp_path / "results")
+    assert "corrupt" in (results / "report.html").read_text()
+    assert_study_finished(results)
 
 
 def test_parallel_fold_jobs_log_every_run_exactly_once(uninterrupted):
