@@ -27,9 +27,27 @@ def mlflow_server(tmp_path):
                                           env=env())
     try:
         yield uri
+        # The server only stores runs: MLflow's job runner (huey consumers) is not started.
+        commands = process_group(process.pid)
+        assert any("uvicorn" in c for c in commands), commands
+        assert not any("huey" in c for c in commands), commands
     finally:
         tracking_server.halt(process)
         log.close()
+
+
+def process_group(group: int) -> list[str]:
+    """The command lines of the live processes of a process group, read from /proc."""
+    commands = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == group:  # pgrp, after state and ppid
+                commands.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                                .decode())
+        except (OSError, IndexError):  # exited while being read
+            continue
+    return commands
 
 
 def test_tiny_study_against_a_tracking_server(tmp_path, mlflow_server):

@@ -22,8 +22,9 @@ from pathlib import Path
 
 #: The server this process started: (process, URI).
 _running: list[tuple[subprocess.Popen, str]] = []
-#: The server only stores runs. MLflow's job runner (huey consumers for its GenAI jobs and
-#: periodic tasks, three more Python processes) would start with it unless turned off.
+#: The server only stores runs. MLflow's job runner (for its GenAI jobs and periodic tasks:
+#: a runner and seven huey consumers, eight more Python processes) would start with it unless
+#: turned off.
 SERVER_SETTINGS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
