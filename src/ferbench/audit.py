@@ -17,8 +17,12 @@ of the test role, kept in the table with role `duplicate` so the audit can repor
 from __future__ import annotations
 
 import cv2
+import matplotlib
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
+from ferbench.figures import RC, figure_png
 
 #: The role a dropped near-duplicate test face gets in the split table.
 DUPLICATE_ROLE = "duplicate"
@@ -129,3 +133,27 @@ def pixel_difference(a: np.ndarray, b: np.ndarray) -> float | None:
     if a.shape != b.shape:
         return None
     return float(np.abs(a.astype(float) - b.astype(float)).mean())
+
+
+def duplicate_pairs_figure(closest: list[dict], trained: np.ndarray,
+                           tested: np.ndarray) -> bytes:
+    """The leak audit's closest (test, training) pairs side by side, test face first, with
+    fold, labels and Hamming distance; a blank sheet when there are no pairs."""
+    per_row = 4
+    rows = max(1, -(-len(closest) // per_row))
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(8.0, 1.25 * rows + 0.2), layout="constrained")
+        axes = fig.subplots(rows, 2 * per_row, squeeze=False)
+        for ax in axes.ravel():
+            ax.axis("off")
+        for i, pair in enumerate(closest):
+            left, right = axes[i // per_row, 2 * (i % per_row)], axes[i // per_row,
+                                                                      2 * (i % per_row) + 1]
+            for ax, image, role, label in ((left, tested[pair["uid"]], "test", pair["label"]),
+                                           (right, trained[pair["train_uid"]], "train",
+                                            pair["train_label"])):
+                ax.imshow(np.squeeze(image), cmap="gray", vmin=0, vmax=255)
+                ax.set_title(f"{role} {label}", fontsize=6)
+            left.text(1.0, -0.08, f"fold {pair['fold']}, {pair['distance']} bits",
+                      transform=left.transAxes, ha="center", va="top", fontsize=6)
+        return figure_png(fig)

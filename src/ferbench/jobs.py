@@ -690,7 +690,6 @@ def audit_study(faces_array, tested_faces_array, folds_path, max_distance: int, 
     whose nearest training face is within `max_distance` dHash bits, and a sheet of the
     closest pairs side by side."""
     from ferbench import audit
-    from ferbench import report as report_mod
 
     trained = np.load(faces_array)
     tested = trained if Path(tested_faces_array) == Path(faces_array) else np.load(
@@ -700,6 +699,5 @@ def audit_study(faces_array, tested_faces_array, folds_path, max_distance: int, 
     found = {"dataset": study.parent.name, "protocol": study.name,
              **audit.summarize(pairs, max_distance, trained, tested)}
     write_json(out_json, found)
-    Path(out_png).write_bytes(report_mod.duplicate_pairs_figure(found["closest"], trained,
-                                                                tested))
+    Path(out_png).write_bytes(audit.duplicate_pairs_figure(found["closest"], trained, tested))
     return found
