@@ -28,6 +28,19 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 TINY_FOLDS = 2
 
 
+#: One held-out fold of the tiny synthetic set: of its six identities two test and one
+#: validates; three train. For a study whose tests need no second fold.
+HELD_OUT = {"kind": "held_out", "test_subjects": ["id00", "id01"], "val_subjects": ["id02"]}
+HELD_OUT_FOLDS = 1
+
+
+def tiny_protocol(config: dict, name: str, protocol: dict) -> None:
+    """Replace the tiny study's protocol in `config` by `name`: its keys but the fold count,
+    with `protocol`'s. The study names `name` itself."""
+    tiny = config["protocols"].pop("subject_5fold")
+    config["protocols"][name] = {**{k: v for k, v in tiny.items() if k != "folds"}, **protocol}
+
+
 def tiny_config(results: Path, **overrides) -> dict:
     """The default study shrunk to run in well under a minute on one CPU core."""
     config = yaml.safe_load((ROOT / "params.yaml").read_text())

