@@ -165,6 +165,8 @@ def prepared(tmp_path_factory) -> tuple[Path, str]:
 
 
 def copy_of(prepared: tuple[Path, str], tmp_path_factory, name: str) -> Path:
+    """A fresh copy of the prepared study's working folder, mtimes kept (Snakemake reads
+    them), under a new temporary folder called `name`."""
     copy = tmp_path_factory.mktemp(name) / "study"
     shutil.copytree(prepared[0], copy, symlinks=True)
     return copy
