@@ -7,7 +7,7 @@
     same metrics; (b) a corrupt image is counted, not fatal; parallel fold jobs share one
     SQLite MLflow store without losing or duplicating runs (the uninterrupted reference's folds
     train side by side).
-All three runs start from one copy of the same prepared study (faces detected, one of them
+All three runs start from copies of one prepared study (faces detected, one of them
 from a corrupt image, folds and augmented faces made): the faults are in what follows.
 Covered elsewhere, not repeated here: (c) a malformed config stops before any job, naming the
 key (tests/test_workflow.py::test_malformed_config_stops_before_any_job); (d) an archive
@@ -164,11 +164,11 @@ def prepared(tmp_path_factory) -> tuple[Path, str]:
     return workdir, broken
 
 
-def copy_of(prepared: tuple[Path, str], tmp_path_factory, name: str) -> Path:
-    """A fresh copy of the prepared study's working folder, mtimes kept (Snakemake reads
-    them), under a new temporary folder called `name`."""
+def copy_of(workdir: Path, tmp_path_factory, name: str) -> Path:
+    """A fresh copy of a study's working folder, mtimes kept (Snakemake reads them), under a
+    new temporary folder called `name`."""
     copy = tmp_path_factory.mktemp(name) / "study"
-    shutil.copytree(prepared[0], copy, symlinks=True)
+    shutil.copytree(workdir, copy, symlinks=True)
     return copy
 
 
@@ -178,7 +178,7 @@ def uninterrupted(prepared, tmp_path_factory) -> Path:
 
     Its folds train side by side (their training jobs are ready together) and share one
     SQLite MLflow store."""
-    reference = copy_of(prepared, tmp_path_factory, "uninterrupted")
+    reference = copy_of(prepared[0], tmp_path_factory, "uninterrupted")
     run_snakemake(reference, cores=3)
     return reference
 
@@ -186,7 +186,7 @@ def uninterrupted(prepared, tmp_path_factory) -> Path:
 def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_run(
         prepared, uninterrupted, tmp_path_factory):
     reference = uninterrupted
-    workdir = copy_of(prepared, tmp_path_factory, "killed")
+    workdir = copy_of(prepared[0], tmp_path_factory, "killed")
     checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
     at_kill = torch.load(checkpoint, weights_only=True)["state"]
     done = at_kill["epoch"]
@@ -216,7 +216,7 @@ def test_a_training_job_killed_mid_epoch_resumes_and_matches_an_uninterrupted_ru
 
 def test_a_study_killed_at_three_points_leaves_the_store_of_an_uninterrupted_run(
         prepared, uninterrupted, tmp_path_factory):
-    workdir = copy_of(prepared, tmp_path_factory, "killed-thrice")
+    workdir = copy_of(prepared[0], tmp_path_factory, "killed-thrice")
 
     checkpoint = kill_when(workdir, lambda: first_checkpoint(workdir))
     assert torch.load(checkpoint, weights_only=True)["state"]["epoch"] < EPOCHS

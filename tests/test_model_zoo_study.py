@@ -41,9 +41,8 @@ ZOO = [*TINY_MODELS, "ensemble"]
 #: MobileNet-CL's two learning rates (Section 5): the pretraining stage's, the target's.
 STAGE_LR = (0.01, 0.045)
 DCGAN = 3  # DCGAN faces per class and fold, for decapsnet
-#: The study's protocol: one held-out fold (tests.conftest.HELD_OUT).
-FOLDS = HELD_OUT_FOLDS
-#: The DAG test's: two folds, where an edge from the wrong fold shows.
+#: The study runs tests.conftest.HELD_OUT (one fold); the DAG test two subject folds, where
+#: an edge from the wrong fold shows.
 DAG_FOLDS = 2
 SUBJECT_FOLDS = {"kind": "subject_kfold", "folds": DAG_FOLDS, "val_fraction": 0.25}
 STUDY = Path("synthetic/zoo")
@@ -118,7 +117,7 @@ def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
     for model in ZOO:
         summary = json.loads((results / STUDY / model /
                               "summary.json").read_text())
-        assert len(summary["folds"]) == FOLDS, model
+        assert len(summary["folds"]) == HELD_OUT_FOLDS, model
         assert 0.0 <= summary["accuracy_mean"] <= 1.0
         assert model in report
     parents, children = mlflow_runs(results)
@@ -126,15 +125,15 @@ def test_every_model_of_the_ablation_finished_its_folds(zoo_study):
     n_train = {(run.data.params["model"], run.data.params["fold"]): int(run.data.params["n_train"])
                for run in children if run.data.params["dataset"] == "synthetic"}
     classes = len(summary["labels"])
-    for fold in range(FOLDS):
+    for fold in range(HELD_OUT_FOLDS):
         assert n_train["decapsnet", str(fold)] == n_train["e2capsnet", str(fold)] + DCGAN * classes
     # One fold run per model and fold, plus the pretraining stage's (never evaluated).
-    assert len(children) == len(ZOO) * FOLDS + 1
+    assert len(children) == len(ZOO) * HELD_OUT_FOLDS + 1
 
 
 def test_step_two_keeps_step_one_trunk_and_serd_frozen(zoo_study):
     results = zoo_study
-    for fold in range(FOLDS):
+    for fold in range(HELD_OUT_FOLDS):
         step1, step2 = (torch.load(results / STUDY / model / f"fold{fold}" /
                                    "model.pt", weights_only=True)["state_dict"]
                         for model in ("vgg_serd", "damcnn"))
@@ -151,13 +150,13 @@ def test_stage_two_starts_from_the_pretraining_stage(zoo_study):
     _, children = mlflow_runs(results)
     stage2 = [run for run in children if run.data.params["model"] == "mobilenet_cl"
               and run.data.params["dataset"] == "synthetic"]
-    assert len(stage2) == FOLDS
+    assert len(stage2) == HELD_OUT_FOLDS
     for run in stage2:
         assert run.data.params["init_from"] == str(stage1)
     # Each stage trains on its own recipe, and MLflow and the report say which.
     stage1_run, = [run for run in children if run.data.params["dataset"] == "pretrain"]
     assert [float(run.data.params["lr"]) for run in (stage1_run, *stage2)] == \
-        [STAGE_LR[0]] + [STAGE_LR[1]] * FOLDS
+        [STAGE_LR[0]] + [STAGE_LR[1]] * HELD_OUT_FOLDS
     report = (results / "report.html").read_text()
     assert f"lr={STAGE_LR[1]}" in report.split("<h2>4. Recipes</h2>")[1]
 
@@ -167,7 +166,8 @@ def test_the_baseline_runs_like_any_model_and_the_report_flags_against_it(zoo_st
     _, children = mlflow_runs(results)
     client = mlflow_client(results)
     baseline = [run for run in children if run.data.params["model"] == "hog_svm"]
-    assert len(baseline) == FOLDS and all(r.info.status == "FINISHED" for r in baseline)
+    assert len(baseline) == HELD_OUT_FOLDS
+    assert all(r.info.status == "FINISHED" for r in baseline)
     for run in baseline:  # one logged "epoch" per C tried, on validation and 2 inner folds
         for metric in ("val_acc", "subject_folds_acc", "pooled_acc"):
             assert len(client.get_metric_history(run.info.run_id, metric)) == 2, metric
@@ -188,7 +188,7 @@ def test_the_ensemble_votes_with_its_members_probabilities(zoo_study):
 
     results = zoo_study
     study = results / STUDY
-    for fold in range(FOLDS):
+    for fold in range(HELD_OUT_FOLDS):
         members = [pd.read_csv(study / m / f"fold{fold}/predictions.csv") for m in ENSEMBLE]
         vote = pd.read_csv(study / f"ensemble/fold{fold}/predictions.csv")
         history = pd.read_csv(study / f"ensemble/fold{fold}/history.csv")
@@ -201,7 +201,7 @@ def test_the_ensemble_votes_with_its_members_probabilities(zoo_study):
         assert (vote["uid"] == members[0]["uid"]).all()
     _, children = mlflow_runs(results)
     runs = [run for run in children if run.data.params["model"] == "ensemble"]
-    assert len(runs) == FOLDS
+    assert len(runs) == HELD_OUT_FOLDS
     start = "the vote of " + ", ".join(ENSEMBLE)
     assert all(run.data.params["start"].startswith(start) for run in runs)
     report = (results / "report.html").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ferbench import tracking
+from ferbench import paths, tracking
 from tests.conftest import ROOT, TINY_FOLDS, tiny_config
 from tests.workflow_helpers import (env, mlflow_client, mlflow_runs, render_in_chromium,
                                     run_snakemake, write_config)
@@ -31,7 +31,8 @@ def tiny_runs(tmp_path_factory):
         targets = []
         if name == "second":
             config["studies"][0]["hyperparameters"] = config.pop("models")
-            targets = [f"results/synthetic/subject_5fold/deep_emotion/fold{fold}/metrics.json"
+            targets = [paths.fill(paths.METRICS, config, dataset="synthetic",
+                                  protocol="subject_5fold", model="deep_emotion", fold=fold)
                        for fold in range(TINY_FOLDS)]
         write_config(workdir, config)
         run_snakemake(workdir, *targets)
